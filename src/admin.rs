@@ -1,0 +1,61 @@
+//! The private admin listener: `/healthz` (the process serves), `/readyz` (the gateway can do
+//! its job). Metrics join here later; each path is one arm of `answer`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::problem::{Code, Problem};
+use crate::tokens::KeySet;
+
+#[derive(Debug)]
+pub struct Admin {
+    pub keys: Arc<KeySet>,
+}
+
+impl Admin {
+    /// `(status, content type, body)` for a method and path.
+    pub fn answer(&self, method: &http::Method, path: &str) -> (u16, &'static str, Vec<u8>) {
+        let get = method == http::Method::GET || method == http::Method::HEAD;
+        match (get, path) {
+            (true, "/healthz") => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            (true, "/readyz") => {
+                if self.keys.keys.is_empty() {
+                    (
+                        503,
+                        "application/json",
+                        br#"{"status":"not ready","keys":false}"#.to_vec(),
+                    )
+                } else {
+                    (
+                        200,
+                        "application/json",
+                        br#"{"status":"ready","keys":true}"#.to_vec(),
+                    )
+                }
+            }
+            _ => {
+                let p = Problem::new(Code::NotFound);
+                (p.status(), "application/problem+json", p.body().to_vec())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (status, content_type, body) = self.answer(&req.method, req.uri.path());
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .header("content-length", body.len())
+            .header("cache-control", "no-store")
+            .body(body)
+            .expect("static parts make a valid response")
+    }
+}

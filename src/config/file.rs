@@ -1,0 +1,234 @@
+//! The TOML file, mirrored field for field. Nothing here is trusted yet: `config::load`
+//! validates it into the internal model. Unknown keys are an error everywhere.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub store: Store,
+    pub tokens: Tokens,
+    #[serde(default)]
+    pub cookie: Cookie,
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+    #[serde(default)]
+    pub password: Password,
+    #[serde(default)]
+    pub identity: Identity,
+    #[serde(default)]
+    pub upstream: Vec<Upstream>,
+    #[serde(default)]
+    pub route: Vec<Route>,
+    #[serde(default)]
+    pub issuer: Vec<Issuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM / SIGINT.
+    pub grace_period_secs: u64,
+    pub tls: Option<Tls>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            threads: 2,
+            grace_period_secs: 10,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    pub url: String,
+    pub auto_migrate: bool,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/portcullis.db".into(),
+            auto_migrate: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    pub secret_env: Option<String>,
+    pub private_key_file: Option<String>,
+    pub kid: Option<String>,
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+    #[serde(default = "default_name")]
+    pub issuer: String,
+    #[serde(default = "default_name")]
+    pub audience: String,
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    #[serde(default)]
+    pub previous_keys: Vec<PreviousKey>,
+}
+
+fn default_algorithm() -> String {
+    "HS256".into()
+}
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_name() -> String {
+    "portcullis".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKey {
+    pub kid: Option<String>,
+    pub public_key_file: Option<String>,
+    pub secret_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cookie {
+    pub name: String,
+    pub secure: bool,
+    pub same_site: String,
+}
+
+impl Default for Cookie {
+    fn default() -> Self {
+        Self {
+            name: "portcullis_token".into(),
+            secure: true,
+            same_site: "Strict".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    pub per_ip_per_minute: u32,
+    pub failed_signins_per_email_per_minute: u32,
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_ip_per_minute: 30,
+            failed_signins_per_email_per_minute: 5,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Password {
+    pub bcrypt_cost: u32,
+}
+
+impl Default for Password {
+    fn default() -> Self {
+        Self { bcrypt_cost: 12 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Identity {
+    /// Where the gateway serves register / signin / signout / me.
+    pub prefix: String,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self {
+            prefix: "/api/v1/auth".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    pub addrs: Vec<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "default_health_interval")]
+    pub health_check_interval_ms: u64,
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+fn default_read_timeout() -> u64 {
+    30_000
+}
+fn default_health_interval() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub path: String,
+    pub upstream: String,
+    pub auth: String,
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub name: String,
+    pub jwks_url: String,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default = "default_sub")]
+    pub user_id_claim: String,
+    #[serde(default = "default_email")]
+    pub email_claim: String,
+}
+
+fn default_sub() -> String {
+    "sub".into()
+}
+fn default_email() -> String {
+    "email".into()
+}

@@ -1,0 +1,654 @@
+//! Configuration: parse the TOML (`file`), then validate it into the internal model that the
+//! rest of the gateway uses. Every problem found is reported, one line each; a config with any
+//! problem never starts a gateway. Secrets come from the environment, never from the file.
+
+pub mod file;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::routes::{Access, Route, RouteTable};
+use crate::tokens::{Alg, KeySet, VerifyKey};
+
+/// HS256 secrets shorter than this are refused (RFC 7518 3.2: at least the hash size).
+pub const MIN_SECRET_BYTES: usize = 32;
+pub const MIN_BCRYPT_COST: u32 = 10;
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub tls: Option<TlsFiles>,
+    pub store: Store,
+    pub tokens: Tokens,
+    pub keys: KeySet,
+    pub cookie: Cookie,
+    pub rate_limit: file::RateLimit,
+    pub bcrypt_cost: u32,
+    pub identity_prefix: String,
+    pub upstreams: Vec<Upstream>,
+    pub routes: RouteTable,
+    pub issuers: Vec<file::Issuer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    /// May carry a password: never logged, never printed (see `Debug`).
+    pub url: String,
+    pub auto_migrate: bool,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("scheme", &self.url.split(':').next())
+            .field("auto_migrate", &self.auto_migrate)
+            .finish()
+    }
+}
+
+/// How new tokens are minted.
+pub struct Tokens {
+    pub alg: Alg,
+    pub kid: Option<String>,
+    pub ttl: Duration,
+    pub issuer: String,
+    pub audience: String,
+    /// The HS256 secret or the PKCS#8 PEM of the private key. Never printed.
+    pub signing_material: Vec<u8>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokens")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Cookie {
+    pub name: String,
+    pub secure: bool,
+    pub same_site: SameSite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub addrs: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_check_interval: Duration,
+    pub forward_token: bool,
+}
+
+/// Where secrets and overrides come from; the process environment in production, a map in tests.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path, env: &dyn Env) -> Result<Config, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
+    parse(&text, env)
+}
+
+/// Validates config text.
+pub fn parse(text: &str, env: &dyn Env) -> Result<Config, Vec<String>> {
+    let raw: file::FileConfig = toml::from_str(text).map_err(|e| vec![toml_error(&e)])?;
+    validate(raw, env)
+}
+
+fn toml_error(e: &toml::de::Error) -> String {
+    // toml's message spans several lines (with a source excerpt); keep one.
+    let msg = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => format!("config syntax: {msg} (at byte {})", span.start),
+        None => format!("config syntax: {msg}"),
+    }
+}
+
+/// Collects problems; each is one line.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, p: impl Into<String>) {
+        self.0.push(p.into());
+    }
+}
+
+fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>> {
+    let mut p = Problems::default();
+
+    let listen = addr(&mut p, "server.listen", &raw.server.listen);
+    let admin_listen = addr(&mut p, "server.admin_listen", &raw.server.admin_listen);
+    if let (Some(a), Some(b)) = (listen, admin_listen)
+        && a == b
+    {
+        p.add("server.listen and server.admin_listen must differ");
+    }
+    if raw.server.threads == 0 || raw.server.threads > 1024 {
+        p.add("server.threads must be between 1 and 1024");
+    }
+    let tls = raw.server.tls.as_ref().map(|t| {
+        for (key, file) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+            readable(&mut p, &format!("server.tls.{key}"), file);
+        }
+        TlsFiles {
+            cert_file: t.cert_file.clone().into(),
+            key_file: t.key_file.clone().into(),
+        }
+    });
+
+    let store = store(&mut p, &raw.store, env);
+    let (tokens, keys) = match tokens(&mut p, &raw.tokens, env) {
+        Some((t, k)) => (Some(t), Some(k)),
+        None => (None, None),
+    };
+    let cookie = cookie(&mut p, &raw.cookie);
+    rate_limit(&mut p, &raw.rate_limit);
+    if raw.password.bcrypt_cost < MIN_BCRYPT_COST || raw.password.bcrypt_cost > 31 {
+        p.add(format!(
+            "password.bcrypt_cost must be between {MIN_BCRYPT_COST} and 31, got {}",
+            raw.password.bcrypt_cost
+        ));
+    }
+    let prefix = raw.identity.prefix.trim_end_matches('/').to_owned();
+    if !prefix.starts_with('/') || crate::path::normalise(&prefix).ok().as_deref() != Some(&prefix)
+    {
+        p.add(format!(
+            "identity.prefix `{}` must be a canonical absolute path",
+            raw.identity.prefix
+        ));
+    }
+    let upstreams = upstreams(&mut p, &raw.upstream);
+    let routes = routes(&mut p, &raw.route, &upstreams);
+    issuers(&mut p, &raw.issuer);
+
+    match (listen, admin_listen, tokens, keys, cookie) {
+        (Some(listen), Some(admin_listen), Some(tokens), Some(keys), Some(cookie))
+            if p.0.is_empty() =>
+        {
+            Ok(Config {
+                listen,
+                admin_listen,
+                threads: raw.server.threads,
+                grace_period: Duration::from_secs(raw.server.grace_period_secs),
+                tls,
+                store,
+                tokens,
+                keys,
+                cookie,
+                rate_limit: raw.rate_limit,
+                bcrypt_cost: raw.password.bcrypt_cost,
+                identity_prefix: prefix,
+                upstreams,
+                routes,
+                issuers: raw.issuer,
+            })
+        }
+        _ => Err(p.0),
+    }
+}
+
+fn addr(p: &mut Problems, key: &str, value: &str) -> Option<SocketAddr> {
+    match value.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(format!("{key} `{value}` is not an IP:port address"));
+            None
+        }
+    }
+}
+
+fn readable(p: &mut Problems, key: &str, file: &str) -> Option<Vec<u8>> {
+    match std::fs::read(file) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            p.add(format!("{key}: cannot read `{file}`: {e}"));
+            None
+        }
+    }
+}
+
+fn store(p: &mut Problems, raw: &file::Store, env: &dyn Env) -> Store {
+    let (url, from) = match env.var("DATABASE_URL").filter(|u| !u.is_empty()) {
+        Some(u) => (u, "DATABASE_URL"),
+        None => (raw.url.clone(), "store.url"),
+    };
+    let scheme = url.split("://").next().unwrap_or_default();
+    if !url.contains("://") || !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+        // The URL may hold a password: name the scheme only.
+        p.add(format!(
+            "{from} must start with sqlite:// or postgres:// (got scheme `{}`)",
+            if url.contains("://") { scheme } else { "none" }
+        ));
+    }
+    Store {
+        url,
+        auto_migrate: raw.auto_migrate,
+    }
+}
+
+fn tokens(p: &mut Problems, raw: &file::Tokens, env: &dyn Env) -> Option<(Tokens, KeySet)> {
+    let before = p.0.len();
+    let Some(alg) = Alg::from_name(&raw.algorithm) else {
+        p.add(format!(
+            "tokens.algorithm `{}` is not one of HS256, EdDSA, ES256, RS256",
+            raw.algorithm
+        ));
+        return None;
+    };
+    if raw.ttl_secs == 0 || raw.ttl_secs > 86_400 {
+        p.add("tokens.ttl_secs must be between 1 and 86400");
+    }
+    if raw.leeway_secs > 300 {
+        p.add("tokens.leeway_secs must be at most 300");
+    }
+    for (key, v) in [
+        ("tokens.issuer", &raw.issuer),
+        ("tokens.audience", &raw.audience),
+    ] {
+        if v.trim().is_empty() {
+            p.add(format!("{key} must not be empty"));
+        }
+    }
+
+    let mut keys = Vec::new();
+    let mut signing_material = Vec::new();
+    if alg.is_symmetric() {
+        if raw.private_key_file.is_some() {
+            p.add("tokens.private_key_file is for EdDSA / ES256 / RS256; HS256 uses tokens.secret_env");
+        }
+        match raw.secret_env.as_deref() {
+            None => p.add("tokens.secret_env is required for HS256"),
+            Some(var) => {
+                if let Some(secret) = secret(p, "tokens.secret_env", var, env) {
+                    keys.push(VerifyKey::hmac(raw.kid.clone(), &secret));
+                    signing_material = secret;
+                }
+            }
+        }
+    } else {
+        if raw.secret_env.is_some() {
+            p.add(format!(
+                "tokens.secret_env is for HS256; {} uses tokens.private_key_file",
+                alg.as_str()
+            ));
+        }
+        if raw.kid.as_deref().is_none_or(str::is_empty) {
+            p.add(format!("tokens.kid is required for {}", alg.as_str()));
+        }
+        match raw.private_key_file.as_deref() {
+            None => p.add(format!(
+                "tokens.private_key_file is required for {}",
+                alg.as_str()
+            )),
+            Some(file) => {
+                if let Some(pem) = readable(p, "tokens.private_key_file", file) {
+                    match VerifyKey::from_private_pem(raw.kid.clone(), alg, &pem) {
+                        Ok(k) => {
+                            keys.push(k);
+                            signing_material = pem;
+                        }
+                        Err(e) => p.add(format!("tokens.private_key_file `{file}`: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    for (i, prev) in raw.previous_keys.iter().enumerate() {
+        let at = format!("tokens.previous_keys[{i}]");
+        if alg.is_symmetric() {
+            if prev.public_key_file.is_some() {
+                p.add(format!(
+                    "{at}: HS256 keys use secret_env, not public_key_file"
+                ));
+            }
+            match prev.secret_env.as_deref() {
+                None => p.add(format!("{at}.secret_env is required for HS256")),
+                Some(var) => {
+                    if let Some(s) = secret(p, &format!("{at}.secret_env"), var, env) {
+                        keys.push(VerifyKey::hmac(prev.kid.clone(), &s));
+                    }
+                }
+            }
+        } else {
+            if prev.kid.as_deref().is_none_or(str::is_empty) {
+                p.add(format!("{at}.kid is required for {}", alg.as_str()));
+            }
+            match prev.public_key_file.as_deref() {
+                None => p.add(format!(
+                    "{at}.public_key_file is required for {}",
+                    alg.as_str()
+                )),
+                Some(file) => {
+                    if let Some(pem) = readable(p, &format!("{at}.public_key_file"), file) {
+                        match VerifyKey::from_public_pem(prev.kid.clone(), alg, &pem) {
+                            Ok(k) => keys.push(k),
+                            Err(e) => p.add(format!("{at}.public_key_file `{file}`: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+    kids.sort_unstable();
+    if kids.windows(2).any(|w| w[0] == w[1]) {
+        p.add("tokens: every kid must be unique across the signing key and previous_keys");
+    }
+
+    if p.0.len() != before {
+        return None;
+    }
+    let set = KeySet::new(
+        keys,
+        raw.issuer.clone(),
+        raw.audience.clone(),
+        raw.leeway_secs,
+    );
+    Some((
+        Tokens {
+            alg,
+            kid: raw.kid.clone(),
+            ttl: Duration::from_secs(raw.ttl_secs),
+            issuer: raw.issuer.clone(),
+            audience: raw.audience.clone(),
+            signing_material,
+        },
+        set,
+    ))
+}
+
+fn secret(p: &mut Problems, key: &str, var: &str, env: &dyn Env) -> Option<Vec<u8>> {
+    match env.var(var) {
+        None => {
+            p.add(format!("{key}: environment variable {var} is not set"));
+            None
+        }
+        Some(s) if s.len() < MIN_SECRET_BYTES => {
+            // Say how long, never what.
+            p.add(format!(
+                "{key}: {var} is {} bytes; HS256 needs at least {MIN_SECRET_BYTES}",
+                s.len()
+            ));
+            None
+        }
+        Some(s) => Some(s.into_bytes()),
+    }
+}
+
+fn cookie(p: &mut Problems, raw: &file::Cookie) -> Option<Cookie> {
+    let token_char = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    let mut ok = true;
+    if raw.name.is_empty() || !raw.name.bytes().all(token_char) {
+        p.add(format!(
+            "cookie.name `{}` is not a valid cookie name",
+            raw.name
+        ));
+        ok = false;
+    }
+    let same_site = match raw.same_site.as_str() {
+        "Strict" => SameSite::Strict,
+        "Lax" => SameSite::Lax,
+        other => {
+            p.add(format!("cookie.same_site `{other}` must be Strict or Lax"));
+            return None;
+        }
+    };
+    ok.then(|| Cookie {
+        name: raw.name.clone(),
+        secure: raw.secure,
+        same_site,
+    })
+}
+
+fn rate_limit(p: &mut Problems, raw: &file::RateLimit) {
+    if raw.per_ip_per_minute == 0 {
+        p.add("rate_limit.per_ip_per_minute must be at least 1");
+    }
+    if raw.failed_signins_per_email_per_minute == 0 {
+        p.add("rate_limit.failed_signins_per_email_per_minute must be at least 1");
+    }
+    for cidr in &raw.trusted_proxies {
+        if !is_cidr(cidr) {
+            p.add(format!(
+                "rate_limit.trusted_proxies: `{cidr}` is not a CIDR (e.g. 10.0.0.0/8)"
+            ));
+        }
+    }
+}
+
+fn is_cidr(s: &str) -> bool {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len.is_empty() || len.parse::<u8>().is_ok_and(|l| l <= 32),
+        Ok(std::net::IpAddr::V6(_)) => len.is_empty() || len.parse::<u8>().is_ok_and(|l| l <= 128),
+        Err(_) => false,
+    }
+}
+
+fn upstreams(p: &mut Problems, raw: &[file::Upstream]) -> Vec<Upstream> {
+    let mut out: Vec<Upstream> = Vec::new();
+    for u in raw {
+        let at = format!("upstream `{}`", u.name);
+        if u.name.is_empty() {
+            p.add("upstream.name must not be empty");
+        }
+        if out.iter().any(|o| o.name == u.name) {
+            p.add(format!("{at} is defined twice"));
+        }
+        if u.addrs.is_empty() {
+            p.add(format!("{at}: addrs must list at least one IP:port"));
+        }
+        let addrs: Vec<SocketAddr> = u
+            .addrs
+            .iter()
+            .filter_map(|a| addr(p, &format!("{at}: addr"), a))
+            .collect();
+        for (key, ms) in [
+            ("connect_timeout_ms", u.connect_timeout_ms),
+            ("read_timeout_ms", u.read_timeout_ms),
+            ("health_check_interval_ms", u.health_check_interval_ms),
+        ] {
+            if ms == 0 || ms > 3_600_000 {
+                p.add(format!("{at}: {key} must be between 1 and 3600000"));
+            }
+        }
+        out.push(Upstream {
+            name: u.name.clone(),
+            addrs,
+            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+            read_timeout: Duration::from_millis(u.read_timeout_ms),
+            health_check_interval: Duration::from_millis(u.health_check_interval_ms),
+            forward_token: u.forward_token,
+        });
+    }
+    out
+}
+
+fn routes(p: &mut Problems, raw: &[file::Route], upstreams: &[Upstream]) -> RouteTable {
+    let mut table = RouteTable::default();
+    for r in raw {
+        let at = format!("route `{}`", r.path);
+        let Some(upstream) = upstreams.iter().position(|u| u.name == r.upstream) else {
+            p.add(format!("{at}: upstream `{}` is not defined", r.upstream));
+            continue;
+        };
+        let Some(access) = Access::from_name(&r.auth) else {
+            p.add(format!(
+                "{at}: auth `{}` must be public, optional or required",
+                r.auth
+            ));
+            continue;
+        };
+        if r.owner.is_some() && access != Access::Required {
+            p.add(format!("{at}: owner needs auth = \"required\""));
+            continue;
+        }
+        if crate::path::normalise(&r.path.replace(['{', '}', '*'], "")).is_err() {
+            p.add(format!(
+                "{at}: the path is not canonical (no `..`, `\\`, `%2F`, `//`)"
+            ));
+            continue;
+        }
+        if let Err(e) = table.add(Route {
+            pattern: r.path.clone(),
+            upstream,
+            access,
+            owner: r.owner.clone(),
+            forward_token: r.forward_token,
+        }) {
+            p.add(e);
+        }
+    }
+    table
+}
+
+fn issuers(p: &mut Problems, raw: &[file::Issuer]) {
+    for (i, iss) in raw.iter().enumerate() {
+        let at = format!("issuer `{}`", iss.name);
+        if raw[..i].iter().any(|o| o.name == iss.name) {
+            p.add(format!("{at} is defined twice"));
+        }
+        if !(iss.jwks_url.starts_with("https://") || iss.jwks_url.starts_with("http://")) {
+            p.add(format!("{at}: jwks_url must be an http(s) URL"));
+        }
+        for (key, v) in [
+            ("issuer", &iss.issuer),
+            ("audience", &iss.audience),
+            ("user_id_claim", &iss.user_id_claim),
+            ("email_claim", &iss.email_claim),
+        ] {
+            if v.trim().is_empty() {
+                p.add(format!("{at}: {key} must not be empty"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|s| (*s).to_owned())
+        }
+    }
+
+    fn env() -> MapEnv {
+        MapEnv(HashMap::from([(
+            "SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )]))
+    }
+
+    const BASE: &str = r#"
+[tokens]
+secret_env = "SECRET"
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:3000"]
+[[route]]
+path = "/api/{user_id}/tasks/{*rest}"
+upstream = "app"
+auth = "required"
+owner = "user_id"
+"#;
+
+    fn problems(extra: &str) -> Vec<String> {
+        parse(&format!("{BASE}{extra}"), &env()).unwrap_err()
+    }
+
+    #[test]
+    fn the_minimal_config_is_valid_with_contract_defaults() {
+        let c = parse(BASE, &env()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.tokens.ttl, Duration::from_secs(3600));
+        assert_eq!(c.cookie.name, "portcullis_token");
+        assert_eq!(c.bcrypt_cost, 12);
+        assert_eq!(c.identity_prefix, "/api/v1/auth");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = problems("[cookie]\nnmae = \"x\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("unknown field"), "{e:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_on_its_own_line() {
+        let e = problems(
+            "[[route]]\npath = \"/x/{id}\"\nupstream = \"nope\"\nauth = \"public\"\n\
+             [[route]]\npath = \"/y/{id}\"\nupstream = \"app\"\nauth = \"optional\"\nowner = \"id\"\n\
+             [password]\nbcrypt_cost = 9\n",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().all(|l| !l.contains('\n')));
+    }
+
+    #[test]
+    fn a_short_or_missing_secret_is_refused_without_echoing_it() {
+        let short = MapEnv(HashMap::from([("SECRET", "tooshort")]));
+        let e = parse(BASE, &short).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].contains("8 bytes") && !e[0].contains("tooshort"),
+            "{e:?}"
+        );
+        let none = MapEnv(HashMap::new());
+        assert!(parse(BASE, &none).unwrap_err()[0].contains("not set"));
+    }
+
+    #[test]
+    fn database_url_overrides_store_url_and_is_never_printed() {
+        let env = MapEnv(HashMap::from([
+            ("SECRET", "0123456789abcdef0123456789abcdef"),
+            ("DATABASE_URL", "mysql://user:hunter2@db/x"),
+        ]));
+        let e = parse(BASE, &env).unwrap_err();
+        assert!(
+            e[0].contains("DATABASE_URL") && !e[0].contains("hunter2"),
+            "{e:?}"
+        );
+    }
+}

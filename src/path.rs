@@ -1,0 +1,182 @@
+//! Request path canonicalisation: the one spelling both the route table and the upstream see.
+//!
+//! Routes match the path the upstream will receive, so every spelling of a protected path must
+//! either become that path here (and be checked as such) or be refused. The rules are in
+//! `docs/edge-decisions.md`; in short: decode percent-escapes of unreserved characters, collapse
+//! empty segments, resolve `.` and `..`, and refuse what an upstream could read differently
+//! (encoded `/`, `\` or NUL, raw `\`, double encoding, `..;`, malformed escapes, `..` above root).
+
+use std::borrow::Cow;
+
+/// Why a path was refused. For logs; the client gets a plain 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    NotOriginForm,
+    EncodedSeparator,
+    Backslash,
+    DoubleEncoding,
+    MalformedEscape,
+    DotSegmentWithParameters,
+    AboveRoot,
+}
+
+/// The canonical form of `path` (no query), borrowed when it is already canonical.
+pub fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotOriginForm);
+    }
+    if is_canonical(bytes) {
+        return Ok(Cow::Borrowed(path));
+    }
+
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    for raw in path[1..].split('/') {
+        let seg = decode_segment(raw)?;
+        trailing_slash = false;
+        let base = seg.split(';').next().unwrap_or_default();
+        if (base == "." || base == "..") && seg.len() != base.len() {
+            return Err(PathError::DotSegmentWithParameters);
+        }
+        match seg.as_str() {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                segments.pop().ok_or(PathError::AboveRoot)?;
+                trailing_slash = true;
+            }
+            _ => segments.push(seg),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// True when no rule would change or refuse the path: the common case, checked without
+/// allocating.
+fn is_canonical(b: &[u8]) -> bool {
+    if b.iter().any(|&c| c == b'%' || c == b'\\') {
+        return false;
+    }
+    // Any `//`, `/./`, `/../` or a trailing `/.` or `/..` needs the slow path; so does `/.;`.
+    !b.windows(2).any(|w| w == b"//" || w == b"/.")
+}
+
+fn decode_segment(raw: &str) -> Result<String, PathError> {
+    let b = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => return Err(PathError::Backslash),
+            b'%' => {
+                let v = hex_pair(b, i + 1).ok_or(PathError::MalformedEscape)?;
+                match v {
+                    b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
+                    b'%' if hex_pair(b, i + 3).is_some() => {
+                        return Err(PathError::DoubleEncoding);
+                    }
+                    _ if is_unreserved(v) => out.push(char::from(v)),
+                    _ => {
+                        out.push('%');
+                        out.push(char::from(HEX[usize::from(v >> 4)]));
+                        out.push(char::from(HEX[usize::from(v & 0xf)]));
+                    }
+                }
+                i += 3;
+            }
+            c => {
+                out.push(char::from(c));
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_pair(b: &[u8], at: usize) -> Option<u8> {
+    let hi = hex_digit(*b.get(at)?)?;
+    let lo = hex_digit(*b.get(at + 1)?)?;
+    Some(hi << 4 | lo)
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(p: &str) -> String {
+        normalise(p)
+            .unwrap_or_else(|e| panic!("{p}: {e:?}"))
+            .into_owned()
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed_untouched() {
+        for p in ["/", "/api/u/tasks/1", "/a/b/", "/a.b/c..d", "/a;b=c"] {
+            assert!(matches!(normalise(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_empty_segments_are_resolved() {
+        assert_eq!(ok("/public/../api/u/tasks/x"), "/api/u/tasks/x");
+        assert_eq!(ok("/public/%2e%2e/api/u"), "/api/u");
+        assert_eq!(ok("/public/.%2E/api/u"), "/api/u");
+        assert_eq!(ok("//api//u///tasks/x"), "/api/u/tasks/x");
+        assert_eq!(ok("/a/./b/."), "/a/b/");
+        assert_eq!(ok("/a/b/.."), "/a/");
+        assert_eq!(ok("/a/.."), "/");
+        assert_eq!(ok("/a//"), "/a/");
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_uppercased() {
+        assert_eq!(ok("/%61pi/%7Euser"), "/api/~user");
+        assert_eq!(ok("/a%20b/%c3%a9"), "/a%20b/%C3%A9");
+    }
+
+    #[test]
+    fn ambiguous_spellings_are_refused() {
+        for (p, e) in [
+            ("*", PathError::NotOriginForm),
+            ("api", PathError::NotOriginForm),
+            ("/api%2Fu", PathError::EncodedSeparator),
+            ("/api%2fu", PathError::EncodedSeparator),
+            ("/api%5cu", PathError::EncodedSeparator),
+            ("/api%00", PathError::EncodedSeparator),
+            ("/api\\u", PathError::Backslash),
+            ("/a/%252e%252e/b", PathError::DoubleEncoding),
+            ("/a/%", PathError::MalformedEscape),
+            ("/a/%4", PathError::MalformedEscape),
+            ("/a/%zz", PathError::MalformedEscape),
+            ("/public/..;/api/u", PathError::DotSegmentWithParameters),
+            ("/public/.;x/api", PathError::DotSegmentWithParameters),
+            ("/..", PathError::AboveRoot),
+            ("/a/../../b", PathError::AboveRoot),
+        ] {
+            assert_eq!(normalise(p).unwrap_err(), e, "{p}");
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Per-request state carried from phase to phase.
+
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::problem::Code;
+use crate::tokens::Verified;
+
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub started: Instant,
+    pub request_id: Option<HeaderValue>,
+    /// Index of the matched route in the route table.
+    pub route: Option<usize>,
+    /// Who the token says the caller is, once verified.
+    pub identity: Option<Verified>,
+    /// Keep the credential on the way upstream (route or upstream `forward_token`).
+    pub forward_token: bool,
+    /// The problem code the gateway answered with, for the access log.
+    pub rejection: Option<Code>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            request_id: None,
+            route: None,
+            identity: None,
+            forward_token: false,
+            rejection: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,298 @@
+//! The `ProxyHttp` implementation. Each phase is a few lines that delegate: the admission
+//! decision (`admit`) is a plain synchronous function over the request header, so it can be
+//! read, tested and benchmarked without a socket; the phases only write what it decided.
+
+mod ctx;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+pub use ctx::RequestCtx;
+
+use crate::identity::{self, Credential, X_REQUEST_ID};
+use crate::path;
+use crate::problem::{Code, Problem};
+use crate::routes::{Access, RouteTable};
+use crate::tokens::{self, KeySet, TokenError};
+use crate::upstream::Upstream;
+
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// Everything the edge needs per request, built once from the config.
+#[derive(Debug)]
+pub struct Gateway {
+    pub routes: RouteTable,
+    pub upstreams: Vec<Upstream>,
+    pub keys: Arc<KeySet>,
+    pub cookie_name: String,
+}
+
+/// What the gateway does with a request after looking at its header.
+#[derive(Debug)]
+pub enum Decision {
+    /// Send it to the matched route's upstream.
+    Proxy,
+    /// Answer it here.
+    Respond(Box<ResponseHeader>, Bytes),
+}
+
+impl Decision {
+    fn problem(ctx: &mut RequestCtx, p: &Problem) -> Self {
+        ctx.rejection = Some(p.code);
+        let (head, body) = p.response();
+        Self::Respond(Box::new(head), body)
+    }
+}
+
+impl Gateway {
+    /// The edge policy of CONTRACT section 4, in order. Mutates the request header (identity
+    /// headers stripped, path canonicalised) and fills `ctx`.
+    pub fn admit(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, now: u64) -> Decision {
+        // 1. The client never sets identity, on any route.
+        identity::strip_identity_headers(req);
+        ctx.request_id = Some(identity::request_id(req));
+
+        // 2. One spelling of the path for the route table and the upstream alike.
+        let canonical = match path::normalise(req.uri.path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(p)) => Some(p),
+            Err(e) => {
+                tracing::debug!(reason = ?e, "path refused");
+                let p = Problem::new(Code::BadRequest).detail("The request path is not acceptable");
+                return Decision::problem(ctx, &p);
+            }
+        };
+        if let Some(canonical) = canonical {
+            let target = match req.uri.query() {
+                Some(q) => format!("{canonical}?{q}"),
+                None => canonical,
+            };
+            match target.parse() {
+                Ok(uri) => req.set_uri(uri),
+                Err(_) => return Decision::problem(ctx, &Problem::new(Code::BadRequest)),
+            }
+        }
+        let path = req.uri.path();
+
+        if path == JWKS_PATH {
+            return self.jwks(ctx);
+        }
+
+        // 3. Route, or 404 without ever reaching an upstream.
+        let Some(matched) = self.routes.find(path) else {
+            return Decision::problem(ctx, &Problem::new(Code::NotFound));
+        };
+        let route = matched.route;
+        ctx.route = Some(matched.index);
+        ctx.forward_token = route.forward_token || self.upstreams[route.upstream].forward_token;
+        if route.access == Access::Public {
+            return Decision::Proxy;
+        }
+
+        // 4. The credential, 5. its verification, 6. the route's policy.
+        let token = match identity::credential(req, &self.cookie_name) {
+            Credential::Token(t, _) => t,
+            Credential::None if route.access == Access::Optional => return Decision::Proxy,
+            Credential::None => return Decision::problem(ctx, &Problem::new(Code::MissingToken)),
+            Credential::Ambiguous => {
+                let p =
+                    Problem::new(Code::BadRequest).detail("More than one credential was presented");
+                return Decision::problem(ctx, &p);
+            }
+        };
+        let who = match tokens::verify(token, &self.keys, now) {
+            Ok(who) => who,
+            Err(e) => {
+                let code = match e {
+                    TokenError::Expired => Code::TokenExpired,
+                    TokenError::Invalid(reason) => {
+                        tracing::debug!(reason, "token refused");
+                        Code::InvalidToken
+                    }
+                };
+                return Decision::problem(ctx, &Problem::new(code).token_presented(true));
+            }
+        };
+        if let Some(owner) = matched.owner_value
+            && owner != who.sub()
+        {
+            return Decision::problem(ctx, &Problem::new(Code::Forbidden));
+        }
+        ctx.identity = Some(who);
+        Decision::Proxy
+    }
+
+    fn jwks(&self, ctx: &mut RequestCtx) -> Decision {
+        let Some(doc) = self.keys.jwks() else {
+            return Decision::problem(ctx, &Problem::new(Code::NotFound));
+        };
+        let mut head = ResponseHeader::build(200, Some(3)).expect("200 is valid");
+        let _ = head.insert_header("content-type", "application/jwk-set+json");
+        let _ = head.insert_header("content-length", doc.len().to_string());
+        let _ = head.insert_header("cache-control", "public, max-age=300");
+        Decision::Respond(Box::new(head), doc.clone())
+    }
+
+    /// What reaches the upstream: identity injected, credential removed, request id set.
+    pub fn prepare_upstream(&self, req: &mut RequestHeader, ctx: &RequestCtx) {
+        if !ctx.forward_token {
+            identity::remove_credentials(req, &self.cookie_name);
+        }
+        if let Some(who) = &ctx.identity {
+            identity::inject_identity(req, who);
+        }
+        if let Some(id) = &ctx.request_id {
+            let _ = req.insert_header(X_REQUEST_ID.clone(), id.clone());
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes a gateway-made response, with the request id.
+async fn respond(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    mut head: Box<ResponseHeader>,
+    body: Bytes,
+) -> Result<()> {
+    if let Some(id) = &ctx.request_id {
+        let _ = head.insert_header(X_REQUEST_ID.clone(), id.clone());
+    }
+    // A request body we never read would be taken for the next request: close instead.
+    if !session.is_body_empty() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(head, false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// The problem code for a proxying failure; `None` when the client is already gone.
+fn failure_code(e: &Error) -> Option<Code> {
+    use ErrorType::{
+        ConnectTimedout, ConnectionClosed, HTTPStatus, ReadError, ReadTimedout, WriteError,
+        WriteTimedout,
+    };
+    match (e.esource(), e.etype()) {
+        (_, HTTPStatus(502)) => Some(Code::BadGateway),
+        (_, HTTPStatus(504)) => Some(Code::GatewayTimeout),
+        (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+            Some(Code::GatewayTimeout)
+        }
+        (ErrorSource::Upstream, _) => Some(Code::BadGateway),
+        (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed | ReadTimedout) => None,
+        (ErrorSource::Downstream, _) => Some(Code::BadRequest),
+        _ => Some(Code::Internal),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.admit(session.req_header_mut(), ctx, unix_now()) {
+            Decision::Proxy => Ok(false),
+            Decision::Respond(head, body) => {
+                respond(session, ctx, head, body).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        let upstream = &self.upstreams[self.routes.routes()[route].upstream];
+        upstream.peer().ok_or_else(|| {
+            Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("upstream `{}` has no healthy address", upstream.name),
+            )
+        })
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.prepare_upstream(upstream_request, ctx);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(id) = &ctx.request_id {
+            let _ = response.insert_header(X_REQUEST_ID.clone(), id.clone());
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let Some(code) = failure_code(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        ctx.rejection = Some(code);
+        let (head, body) = Problem::new(code).response();
+        let status = head.status.as_u16();
+        if let Err(write) = respond(session, ctx, Box::new(head), body).await {
+            tracing::debug!(error = %write, "could not send the error response");
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.map(|i| self.routes.routes()[i].pattern.as_str());
+        // Never the token, the cookie or the query string: only what identifies the request.
+        tracing::info!(
+            target: "access",
+            request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            method = %session.req_header().method,
+            route,
+            status,
+            latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            user_id = ctx.identity.as_ref().map(tokens::Verified::sub),
+            code = ctx.rejection.map(Code::as_str),
+            error = e.map(|e| e.etype().as_str()),
+        );
+    }
+}

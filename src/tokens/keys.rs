@@ -1,0 +1,290 @@
+//! The key set: every key a token may be verified with, parsed once at start, each pinned to
+//! one algorithm. Also the public JWKS document, rendered once.
+//!
+//! Keys are turned into ready-to-use aws-lc-rs objects here (an HMAC key schedule, a parsed
+//! public key) so that verification on the hot path does no parsing and no allocation for them.
+
+use std::fmt;
+
+use aws_lc_rs::signature::{self, KeyPair, ParsedPublicKey};
+use aws_lc_rs::{hmac, rsa};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+/// The signature algorithms Portcullis signs and verifies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    HS256,
+    EdDSA,
+    ES256,
+    RS256,
+}
+
+impl Alg {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "HS256" => Some(Self::HS256),
+            "EdDSA" => Some(Self::EdDSA),
+            "ES256" => Some(Self::ES256),
+            "RS256" => Some(Self::RS256),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+        }
+    }
+
+    pub const fn is_symmetric(self) -> bool {
+        matches!(self, Self::HS256)
+    }
+
+    fn verification(self) -> &'static dyn signature::VerificationAlgorithm {
+        match self {
+            Self::EdDSA => &signature::ED25519,
+            Self::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+            // HS256 never reaches here: it has no public key.
+            Self::RS256 | Self::HS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        }
+    }
+}
+
+/// How a signature is checked.
+pub(crate) enum Verifier {
+    Hmac(hmac::Key),
+    Public(ParsedPublicKey),
+}
+
+impl Verifier {
+    pub(crate) fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
+        match self {
+            Self::Hmac(key) => hmac::verify(key, message, sig).is_ok(),
+            Self::Public(key) => key.verify_sig(message, sig).is_ok(),
+        }
+    }
+}
+
+/// One key a token may be verified with.
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub alg: Alg,
+    pub(crate) verifier: Verifier,
+    /// The public JWK (without `kid`, `alg`, `use`), for asymmetric keys.
+    jwk: Option<Map<String, Value>>,
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyKey {
+    /// An HS256 key from its shared secret.
+    pub fn hmac(kid: Option<String>, secret: &[u8]) -> Self {
+        Self {
+            kid,
+            alg: Alg::HS256,
+            verifier: Verifier::Hmac(hmac::Key::new(hmac::HMAC_SHA256, secret)),
+            jwk: None,
+        }
+    }
+
+    /// The verifying half of a PKCS#8 private key in PEM, checked against `alg`.
+    pub fn from_private_pem(
+        kid: Option<String>,
+        alg: Alg,
+        pem_text: &[u8],
+    ) -> Result<Self, String> {
+        let der = pem_der(pem_text, "PRIVATE KEY")?;
+        let mismatch = |e: aws_lc_rs::error::KeyRejected| {
+            format!("not a PKCS#8 {} private key ({e})", key_kind(alg))
+        };
+        let (public, jwk) = match alg {
+            Alg::EdDSA => {
+                let pair = signature::Ed25519KeyPair::from_pkcs8(&der).map_err(mismatch)?;
+                let raw = pair.public_key().as_ref().to_vec();
+                (raw.clone(), okp_jwk(&raw))
+            }
+            Alg::ES256 => {
+                let pair = signature::EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &der,
+                )
+                .map_err(mismatch)?;
+                let point = pair.public_key().as_ref().to_vec();
+                let jwk = ec_jwk(&point)?;
+                (point, jwk)
+            }
+            Alg::RS256 => {
+                let pair = rsa::KeyPair::from_pkcs8(&der).map_err(mismatch)?;
+                let public = pair.public_key();
+                (public.as_ref().to_vec(), rsa_jwk(public))
+            }
+            Alg::HS256 => return Err("HS256 takes a secret, not a key file".into()),
+        };
+        Self::public(kid, alg, &public, jwk)
+    }
+
+    /// A public key in PEM (SPKI, `-----BEGIN PUBLIC KEY-----`), checked against `alg`.
+    pub fn from_public_pem(kid: Option<String>, alg: Alg, pem_text: &[u8]) -> Result<Self, String> {
+        let der = pem_der(pem_text, "PUBLIC KEY")?;
+        let jwk = match alg {
+            Alg::EdDSA => {
+                let parsed = parse_public(alg, &der)?;
+                let spki = parsed.as_ref();
+                okp_jwk(&spki[spki.len().saturating_sub(32)..])
+            }
+            Alg::ES256 => {
+                let parsed = parse_public(alg, &der)?;
+                let spki = parsed.as_ref();
+                ec_jwk(&spki[spki.len().saturating_sub(65)..])?
+            }
+            Alg::RS256 => {
+                let public = rsa::PublicKey::from_der(&der)
+                    .map_err(|e| format!("not an RSA public key ({e})"))?;
+                rsa_jwk(&public)
+            }
+            Alg::HS256 => return Err("HS256 takes a secret, not a key file".into()),
+        };
+        Self::public(kid, alg, &der, jwk)
+    }
+
+    fn public(
+        kid: Option<String>,
+        alg: Alg,
+        public: &[u8],
+        jwk: Map<String, Value>,
+    ) -> Result<Self, String> {
+        let parsed = parse_public(alg, public)?;
+        Ok(Self {
+            kid,
+            alg,
+            verifier: Verifier::Public(parsed),
+            jwk: Some(jwk),
+        })
+    }
+}
+
+fn parse_public(alg: Alg, der: &[u8]) -> Result<ParsedPublicKey, String> {
+    ParsedPublicKey::new(alg.verification(), der)
+        .map_err(|e| format!("not a {} public key ({e})", key_kind(alg)))
+}
+
+fn key_kind(alg: Alg) -> &'static str {
+    match alg {
+        Alg::EdDSA => "Ed25519",
+        Alg::ES256 => "P-256 EC",
+        Alg::RS256 => "RSA",
+        Alg::HS256 => "HMAC",
+    }
+}
+
+fn pem_der(text: &[u8], want: &str) -> Result<Vec<u8>, String> {
+    let parsed = pem::parse(text).map_err(|e| format!("not a PEM file ({e})"))?;
+    if parsed.tag() != want {
+        return Err(format!(
+            "PEM holds `{}`, expected `{want}` (PKCS#8 / SPKI)",
+            parsed.tag()
+        ));
+    }
+    Ok(parsed.into_contents())
+}
+
+fn b64(bytes: &[u8]) -> Value {
+    Value::String(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn okp_jwk(raw: &[u8]) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("kty".into(), "OKP".into());
+    m.insert("crv".into(), "Ed25519".into());
+    m.insert("x".into(), b64(raw));
+    m
+}
+
+fn ec_jwk(point: &[u8]) -> Result<Map<String, Value>, String> {
+    // Uncompressed SEC1 point: 0x04 || x (32) || y (32).
+    if point.len() != 65 || point[0] != 4 {
+        return Err("EC public key is not an uncompressed P-256 point".into());
+    }
+    let mut m = Map::new();
+    m.insert("kty".into(), "EC".into());
+    m.insert("crv".into(), "P-256".into());
+    m.insert("x".into(), b64(&point[1..33]));
+    m.insert("y".into(), b64(&point[33..]));
+    Ok(m)
+}
+
+fn rsa_jwk(public: &rsa::PublicKey) -> Map<String, Value> {
+    let parts: rsa::PublicKeyComponents<Vec<u8>> = public.into();
+    let strip = |b: &[u8]| -> Vec<u8> {
+        let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+        b[first..].to_vec()
+    };
+    let mut m = Map::new();
+    m.insert("kty".into(), "RSA".into());
+    m.insert("n".into(), b64(&strip(&parts.n)));
+    m.insert("e".into(), b64(&strip(&parts.e)));
+    m
+}
+
+/// All keys tokens may be verified with, plus the claims every token must carry.
+#[derive(Debug)]
+pub struct KeySet {
+    /// The signing key's verifying half first, then the retired keys, in config order.
+    pub keys: Vec<VerifyKey>,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_secs: u64,
+    jwks: Option<Bytes>,
+}
+
+impl KeySet {
+    pub fn new(keys: Vec<VerifyKey>, issuer: String, audience: String, leeway_secs: u64) -> Self {
+        let jwks = render_jwks(&keys);
+        Self {
+            keys,
+            issuer,
+            audience,
+            leeway_secs,
+            jwks,
+        }
+    }
+
+    /// The JWKS document (RFC 7517) when there are public keys to publish.
+    pub fn jwks(&self) -> Option<&Bytes> {
+        self.jwks.as_ref()
+    }
+}
+
+fn render_jwks(keys: &[VerifyKey]) -> Option<Bytes> {
+    let published: Vec<Value> = keys
+        .iter()
+        .filter_map(|k| {
+            let mut jwk = k.jwk.clone()?;
+            if let Some(kid) = &k.kid {
+                jwk.insert("kid".into(), kid.as_str().into());
+            }
+            jwk.insert("alg".into(), k.alg.as_str().into());
+            jwk.insert("use".into(), "sig".into());
+            Some(Value::Object(jwk))
+        })
+        .collect();
+    if published.is_empty() {
+        return None;
+    }
+    let doc = json!({ "keys": published });
+    Some(Bytes::from(doc.to_string()))
+}

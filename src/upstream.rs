@@ -1,0 +1,80 @@
+//! Upstreams: one round-robin load balancer per `[[upstream]]`, its health checked by a
+//! Pingora background service so the proxy only reads the result. Picking a peer does no I/O.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{LoadBalancer, health_check::TcpHealthCheck};
+use pingora::prelude::HttpPeer;
+use pingora::services::background::{GenBackgroundService, background_service};
+
+use crate::config;
+
+/// A ready upstream: its balancer and the peer settings every connection to it uses.
+pub struct Upstream {
+    pub name: String,
+    balancer: Arc<LoadBalancer<RoundRobin>>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    pub forward_token: bool,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long an idle pooled connection to an upstream is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Upstream {
+    /// The next healthy peer, or `None` when every address is down.
+    pub fn peer(&self) -> Option<Box<HttpPeer>> {
+        let backend = self.balancer.select(b"", 256)?;
+        let addr = *backend.addr.as_inet()?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.connect_timeout);
+        o.total_connection_timeout = Some(self.connect_timeout);
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.read_timeout);
+        o.idle_timeout = Some(IDLE_TIMEOUT);
+        Some(Box::new(peer))
+    }
+}
+
+/// Builds the upstreams and the health-check services that keep their health current.
+pub fn build(
+    configs: &[config::Upstream],
+) -> Result<
+    (
+        Vec<Upstream>,
+        Vec<GenBackgroundService<LoadBalancer<RoundRobin>>>,
+    ),
+    String,
+> {
+    let mut upstreams = Vec::with_capacity(configs.len());
+    let mut services = Vec::with_capacity(configs.len());
+    for c in configs {
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(c.addrs.iter())
+            .map_err(|e| format!("upstream `{}`: {e}", c.name))?;
+        let mut check = TcpHealthCheck::new();
+        check.peer_template.options.connection_timeout = Some(c.connect_timeout);
+        lb.set_health_check(check);
+        lb.health_check_frequency = Some(c.health_check_interval);
+        let service = background_service(&format!("health check {}", c.name), lb);
+        upstreams.push(Upstream {
+            name: c.name.clone(),
+            balancer: service.task(),
+            connect_timeout: c.connect_timeout,
+            read_timeout: c.read_timeout,
+            forward_token: c.forward_token,
+        });
+        services.push(service);
+    }
+    Ok((upstreams, services))
+}
