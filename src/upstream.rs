@@ -47,16 +47,11 @@ impl Upstream {
     }
 }
 
+/// The background service that keeps one upstream's health current.
+pub type HealthCheck = GenBackgroundService<LoadBalancer<RoundRobin>>;
+
 /// Builds the upstreams and the health-check services that keep their health current.
-pub fn build(
-    configs: &[config::Upstream],
-) -> Result<
-    (
-        Vec<Upstream>,
-        Vec<GenBackgroundService<LoadBalancer<RoundRobin>>>,
-    ),
-    String,
-> {
+pub fn build(configs: &[config::Upstream]) -> Result<(Vec<Upstream>, Vec<HealthCheck>), String> {
     let mut upstreams = Vec::with_capacity(configs.len());
     let mut services = Vec::with_capacity(configs.len());
     for c in configs {

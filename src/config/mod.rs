@@ -224,13 +224,11 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
 }
 
 fn addr(p: &mut Problems, key: &str, value: &str) -> Option<SocketAddr> {
-    match value.parse() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            p.add(format!("{key} `{value}` is not an IP:port address"));
-            None
-        }
+    let parsed = value.parse().ok();
+    if parsed.is_none() {
+        p.add(format!("{key} `{value}` is not an IP:port address"));
     }
+    parsed
 }
 
 fn readable(p: &mut Problems, key: &str, file: &str) -> Option<Vec<u8>> {
@@ -287,83 +285,10 @@ fn tokens(p: &mut Problems, raw: &file::Tokens, env: &dyn Env) -> Option<(Tokens
     }
 
     let mut keys = Vec::new();
-    let mut signing_material = Vec::new();
-    if alg.is_symmetric() {
-        if raw.private_key_file.is_some() {
-            p.add("tokens.private_key_file is for EdDSA / ES256 / RS256; HS256 uses tokens.secret_env");
-        }
-        match raw.secret_env.as_deref() {
-            None => p.add("tokens.secret_env is required for HS256"),
-            Some(var) => {
-                if let Some(secret) = secret(p, "tokens.secret_env", var, env) {
-                    keys.push(VerifyKey::hmac(raw.kid.clone(), &secret));
-                    signing_material = secret;
-                }
-            }
-        }
-    } else {
-        if raw.secret_env.is_some() {
-            p.add(format!(
-                "tokens.secret_env is for HS256; {} uses tokens.private_key_file",
-                alg.as_str()
-            ));
-        }
-        if raw.kid.as_deref().is_none_or(str::is_empty) {
-            p.add(format!("tokens.kid is required for {}", alg.as_str()));
-        }
-        match raw.private_key_file.as_deref() {
-            None => p.add(format!(
-                "tokens.private_key_file is required for {}",
-                alg.as_str()
-            )),
-            Some(file) => {
-                if let Some(pem) = readable(p, "tokens.private_key_file", file) {
-                    match VerifyKey::from_private_pem(raw.kid.clone(), alg, &pem) {
-                        Ok(k) => {
-                            keys.push(k);
-                            signing_material = pem;
-                        }
-                        Err(e) => p.add(format!("tokens.private_key_file `{file}`: {e}")),
-                    }
-                }
-            }
-        }
-    }
-
+    let signing_material = signing_key(p, raw, alg, env, &mut keys);
     for (i, prev) in raw.previous_keys.iter().enumerate() {
-        let at = format!("tokens.previous_keys[{i}]");
-        if alg.is_symmetric() {
-            if prev.public_key_file.is_some() {
-                p.add(format!(
-                    "{at}: HS256 keys use secret_env, not public_key_file"
-                ));
-            }
-            match prev.secret_env.as_deref() {
-                None => p.add(format!("{at}.secret_env is required for HS256")),
-                Some(var) => {
-                    if let Some(s) = secret(p, &format!("{at}.secret_env"), var, env) {
-                        keys.push(VerifyKey::hmac(prev.kid.clone(), &s));
-                    }
-                }
-            }
-        } else {
-            if prev.kid.as_deref().is_none_or(str::is_empty) {
-                p.add(format!("{at}.kid is required for {}", alg.as_str()));
-            }
-            match prev.public_key_file.as_deref() {
-                None => p.add(format!(
-                    "{at}.public_key_file is required for {}",
-                    alg.as_str()
-                )),
-                Some(file) => {
-                    if let Some(pem) = readable(p, &format!("{at}.public_key_file"), file) {
-                        match VerifyKey::from_public_pem(prev.kid.clone(), alg, &pem) {
-                            Ok(k) => keys.push(k),
-                            Err(e) => p.add(format!("{at}.public_key_file `{file}`: {e}")),
-                        }
-                    }
-                }
-            }
+        if let Some(k) = previous_key(p, &format!("tokens.previous_keys[{i}]"), prev, alg, env) {
+            keys.push(k);
         }
     }
     let mut kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
@@ -392,6 +317,96 @@ fn tokens(p: &mut Problems, raw: &file::Tokens, env: &dyn Env) -> Option<(Tokens
         },
         set,
     ))
+}
+
+/// The signing key's verifying half goes into `keys`; returns the signing material.
+fn signing_key(
+    p: &mut Problems,
+    raw: &file::Tokens,
+    alg: Alg,
+    env: &dyn Env,
+    keys: &mut Vec<VerifyKey>,
+) -> Vec<u8> {
+    if alg.is_symmetric() {
+        if raw.private_key_file.is_some() {
+            p.add("tokens.private_key_file is for EdDSA / ES256 / RS256; HS256 uses tokens.secret_env");
+        }
+        let Some(var) = raw.secret_env.as_deref() else {
+            p.add("tokens.secret_env is required for HS256");
+            return Vec::new();
+        };
+        let Some(secret) = secret(p, "tokens.secret_env", var, env) else {
+            return Vec::new();
+        };
+        keys.push(VerifyKey::hmac(raw.kid.clone(), &secret));
+        return secret;
+    }
+    if raw.secret_env.is_some() {
+        p.add(format!(
+            "tokens.secret_env is for HS256; {} uses tokens.private_key_file",
+            alg.as_str()
+        ));
+    }
+    if raw.kid.as_deref().is_none_or(str::is_empty) {
+        p.add(format!("tokens.kid is required for {}", alg.as_str()));
+    }
+    let Some(file) = raw.private_key_file.as_deref() else {
+        p.add(format!(
+            "tokens.private_key_file is required for {}",
+            alg.as_str()
+        ));
+        return Vec::new();
+    };
+    let Some(pem) = readable(p, "tokens.private_key_file", file) else {
+        return Vec::new();
+    };
+    match VerifyKey::from_private_pem(raw.kid.clone(), alg, &pem) {
+        Ok(k) => {
+            keys.push(k);
+            pem
+        }
+        Err(e) => {
+            p.add(format!("tokens.private_key_file `{file}`: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+/// A retired key, still accepted for verification.
+fn previous_key(
+    p: &mut Problems,
+    at: &str,
+    prev: &file::PreviousKey,
+    alg: Alg,
+    env: &dyn Env,
+) -> Option<VerifyKey> {
+    if alg.is_symmetric() {
+        if prev.public_key_file.is_some() {
+            p.add(format!(
+                "{at}: HS256 keys use secret_env, not public_key_file"
+            ));
+        }
+        let Some(var) = prev.secret_env.as_deref() else {
+            p.add(format!("{at}.secret_env is required for HS256"));
+            return None;
+        };
+        let s = secret(p, &format!("{at}.secret_env"), var, env)?;
+        return Some(VerifyKey::hmac(prev.kid.clone(), &s));
+    }
+    if prev.kid.as_deref().is_none_or(str::is_empty) {
+        p.add(format!("{at}.kid is required for {}", alg.as_str()));
+    }
+    let Some(file) = prev.public_key_file.as_deref() else {
+        p.add(format!(
+            "{at}.public_key_file is required for {}",
+            alg.as_str()
+        ));
+        return None;
+    };
+    let pem = readable(p, &format!("{at}.public_key_file"), file)?;
+    VerifyKey::from_public_pem(prev.kid.clone(), alg, &pem)
+        .map_err(|e| p.add(format!("{at}.public_key_file `{file}`: {e}")))
+        .ok()
 }
 
 fn secret(p: &mut Problems, key: &str, var: &str, env: &dyn Env) -> Option<Vec<u8>> {

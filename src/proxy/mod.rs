@@ -186,12 +186,11 @@ fn failure_code(e: &Error) -> Option<Code> {
         WriteTimedout,
     };
     match (e.esource(), e.etype()) {
-        (_, HTTPStatus(502)) => Some(Code::BadGateway),
-        (_, HTTPStatus(504)) => Some(Code::GatewayTimeout),
-        (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+        (_, HTTPStatus(504))
+        | (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
             Some(Code::GatewayTimeout)
         }
-        (ErrorSource::Upstream, _) => Some(Code::BadGateway),
+        (_, HTTPStatus(502)) | (ErrorSource::Upstream, _) => Some(Code::BadGateway),
         (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed | ReadTimedout) => None,
         (ErrorSource::Downstream, _) => Some(Code::BadRequest),
         _ => Some(Code::Internal),

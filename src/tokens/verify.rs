@@ -196,7 +196,7 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 /// or absurd values make the token invalid.
 fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let v = f64::deserialize(d)?;
-    if !v.is_finite() || v < 0.0 || v > 1e13 {
+    if !v.is_finite() || !(0.0..=1e13).contains(&v) {
         return Err(de::Error::custom("bad NumericDate"));
     }
     // In range by the check above, so the cast is exact for whole seconds.
