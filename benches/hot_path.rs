@@ -129,8 +129,12 @@ auth = "public"
     let gateway = Gateway {
         routes: conf.routes,
         upstreams,
-        keys: std::sync::Arc::new(conf.keys),
+        auth: std::sync::Arc::new(portcullis::tokens::Authenticator {
+            keys: std::sync::Arc::new(conf.keys),
+            revocations: std::sync::Arc::default(),
+        }),
         cookie_name: conf.cookie.name,
+        identity: None,
     };
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

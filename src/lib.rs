@@ -8,11 +8,16 @@
 pub mod admin;
 pub mod config;
 pub mod echo;
+pub mod endpoints;
 pub mod identity;
+pub mod password;
 pub mod path;
 pub mod problem;
 pub mod proxy;
+pub mod ratelimit;
+pub mod revocation;
 pub mod routes;
+pub mod store;
 pub mod tokens;
 pub mod upstream;
 
@@ -39,12 +44,17 @@ pub fn build(config: Config) -> Result<Server, String> {
     server.bootstrap();
 
     let keys = Arc::new(config.keys);
+    let auth = Arc::new(tokens::Authenticator {
+        keys: Arc::clone(&keys),
+        revocations: Arc::default(),
+    });
     let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
     let gateway = proxy::Gateway {
         routes: config.routes,
         upstreams,
-        keys: Arc::clone(&keys),
+        auth,
         cookie_name: config.cookie.name,
+        identity: None,
     };
 
     let mut edge = pingora::proxy::http_proxy_service(&server.configuration, gateway);

@@ -17,11 +17,12 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use ctx::RequestCtx;
 
+use crate::endpoints::{self, Endpoint, Identity, MAX_BODY_BYTES};
 use crate::identity::{self, Credential, X_REQUEST_ID};
 use crate::path;
 use crate::problem::{Code, Problem};
 use crate::routes::{Access, RouteTable};
-use crate::tokens::{self, KeySet, TokenError};
+use crate::tokens::{self, Authenticator};
 use crate::upstream::Upstream;
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -31,8 +32,10 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub struct Gateway {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
-    pub keys: Arc<KeySet>,
+    pub auth: Arc<Authenticator>,
     pub cookie_name: String,
+    /// The identity endpoints, when the gateway serves them.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// What the gateway does with a request after looking at its header.
@@ -42,6 +45,8 @@ pub enum Decision {
     Proxy,
     /// Answer it here.
     Respond(Box<ResponseHeader>, Bytes),
+    /// An identity endpoint: the body is read, then the endpoint answers.
+    Identity(Endpoint),
 }
 
 impl Decision {
@@ -85,6 +90,15 @@ impl Gateway {
         if path == JWKS_PATH {
             return self.jwks(ctx);
         }
+        // The identity endpoints come before the route table: no route can shadow them.
+        if let Some(identity) = &self.identity
+            && let Some(endpoint) = identity.route(&req.method, path)
+        {
+            return match endpoint {
+                Ok(endpoint) => Decision::Identity(endpoint),
+                Err(p) => Decision::problem(ctx, &p),
+            };
+        }
 
         // 3. Route, or 404 without ever reaching an upstream.
         let Some(matched) = self.routes.find(path) else {
@@ -108,16 +122,9 @@ impl Gateway {
                 return Decision::problem(ctx, &p);
             }
         };
-        let who = match tokens::verify(token, &self.keys, now) {
+        let who = match self.auth.authenticate(token, now) {
             Ok(who) => who,
-            Err(e) => {
-                let code = match e {
-                    TokenError::Expired => Code::TokenExpired,
-                    TokenError::Invalid(reason) => {
-                        tracing::debug!(reason, "token refused");
-                        Code::InvalidToken
-                    }
-                };
+            Err(code) => {
                 return Decision::problem(ctx, &Problem::new(code).token_presented(true));
             }
         };
@@ -131,7 +138,7 @@ impl Gateway {
     }
 
     fn jwks(&self, ctx: &mut RequestCtx) -> Decision {
-        let Some(doc) = self.keys.jwks() else {
+        let Some(doc) = self.auth.keys.jwks() else {
             return Decision::problem(ctx, &Problem::new(Code::NotFound));
         };
         let mut head = ResponseHeader::build(200, Some(3)).expect("200 is valid");
@@ -151,6 +158,75 @@ impl Gateway {
         }
         if let Some(id) = &ctx.request_id {
             let _ = req.insert_header(X_REQUEST_ID.clone(), id.clone());
+        }
+    }
+}
+
+impl Gateway {
+    /// Reads the (bounded) body and runs an identity endpoint.
+    async fn serve_identity(
+        &self,
+        session: &mut Session,
+        endpoint: Endpoint,
+    ) -> std::result::Result<endpoints::Reply, Problem> {
+        let identity = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| Problem::new(Code::NotFound))?;
+        let body = read_body(session, MAX_BODY_BYTES).await?;
+        let req = session.req_header();
+        let token = match identity::credential(req, &self.cookie_name) {
+            Credential::Token(t, _) => Some(t),
+            Credential::None => None,
+            Credential::Ambiguous => {
+                return Err(Problem::new(Code::BadRequest)
+                    .detail("More than one credential was presented"));
+            }
+        };
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), std::net::SocketAddr::ip);
+        let forwarded = req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let request = endpoints::Request {
+            endpoint,
+            content_type: req.headers.get(http::header::CONTENT_TYPE).map(http::HeaderValue::as_bytes),
+            body,
+            query: req.uri.query(),
+            token,
+            client_ip: identity.trusted_proxies.client_ip(peer, forwarded),
+        };
+        identity.handle(request).await
+    }
+}
+
+/// Reads a request body of at most `limit` bytes: 413 beyond it, 400 when the client breaks off.
+async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<Bytes, Problem> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Problem::new(Code::PayloadTooLarge));
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(Problem::new(Code::PayloadTooLarge));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(_) => {
+                return Err(Problem::new(Code::BadRequest).detail("The request body could not be read"));
+            }
         }
     }
 }
@@ -210,6 +286,17 @@ impl ProxyHttp for Gateway {
             Decision::Proxy => Ok(false),
             Decision::Respond(head, body) => {
                 respond(session, ctx, head, body).await?;
+                Ok(true)
+            }
+            Decision::Identity(endpoint) => {
+                let (head, body) = match self.serve_identity(session, endpoint).await {
+                    Ok(reply) => endpoints::response(&reply),
+                    Err(p) => {
+                        ctx.rejection = Some(p.code);
+                        p.response()
+                    }
+                };
+                respond(session, ctx, Box::new(head), body).await?;
                 Ok(true)
             }
         }

@@ -1,8 +1,43 @@
 //! Tokens: the key set (`keys`), verification on the hot path (`verify`).
-//! Minting at sign-in arrives with the identity endpoints.
+//! Minting at sign-in (`issue`). [`Authenticator`] joins verification and revocation: the one
+//! check both the edge and the identity endpoints use.
 
 pub mod keys;
+pub mod issue;
 pub mod verify;
 
 pub use keys::{Alg, KeySet, VerifyKey};
 pub use verify::{MAX_TOKEN_BYTES, TokenError, Verified, verify};
+
+use std::sync::Arc;
+
+use crate::problem::Code;
+use crate::revocation::Revocations;
+
+/// Verifies a token and checks it against the revocation snapshot. No I/O, no lock.
+#[derive(Debug)]
+pub struct Authenticator {
+    pub keys: Arc<KeySet>,
+    pub revocations: Arc<Revocations>,
+}
+
+impl Authenticator {
+    /// The verified identity, or the problem code to refuse with.
+    pub fn authenticate(&self, token: &[u8], now: u64) -> Result<Verified, Code> {
+        let who = verify(token, &self.keys, now).map_err(|e| match e {
+            TokenError::Expired => Code::TokenExpired,
+            TokenError::Invalid(reason) => {
+                tracing::debug!(reason, "token refused");
+                Code::InvalidToken
+            }
+        })?;
+        if self
+            .revocations
+            .snapshot()
+            .is_revoked(who.jti, who.user_uuid, who.iat)
+        {
+            return Err(Code::TokenRevoked);
+        }
+        Ok(who)
+    }
+}

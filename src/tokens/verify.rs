@@ -42,6 +42,10 @@ pub struct Verified {
     pub email: Option<HeaderValue>,
     pub exp: u64,
     pub iat: Option<u64>,
+    /// `jti` when it is a UUID (ours always are): what a sign-out revokes.
+    pub jti: Option<uuid::Uuid>,
+    /// `sub` when it is a UUID (our users' ids).
+    pub user_uuid: Option<uuid::Uuid>,
 }
 
 impl Verified {
@@ -78,6 +82,8 @@ struct Claims<'a> {
     iss: Option<Cow<'a, str>>,
     #[serde(default)]
     aud: Option<Audience<'a>>,
+    #[serde(borrow, default)]
+    jti: Option<Cow<'a, str>>,
 }
 
 /// Verify `token` against `keys` at `now` (seconds since the epoch).
@@ -167,6 +173,8 @@ pub fn verify(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenEr
         email,
         exp,
         iat: claims.iat,
+        jti: claims.jti.as_deref().and_then(|j| uuid::Uuid::try_parse(j).ok()),
+        user_uuid: uuid::Uuid::try_parse(&sub).ok(),
     })
 }
 

@@ -1,0 +1,29 @@
+//! `GET /me` → 200 `{"id","email","created_at","updated_at"}` for the token's user.
+
+use super::{Identity, Reply, Request, UserBody, json, now, store_problem};
+use crate::problem::{Code, Problem};
+
+pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
+    let Some(token) = req.token else {
+        return Err(Problem::new(Code::MissingToken));
+    };
+    let who = id
+        .auth
+        .authenticate(token, now())
+        .map_err(|code| Problem::new(code).token_presented(true))?;
+    let Some(user_id) = who.user_uuid else {
+        return Err(Problem::new(Code::Forbidden).detail("This token was not issued here"));
+    };
+    let user = id
+        .store
+        .user_by_id(user_id)
+        .await
+        .map_err(|e| store_problem(&e))?
+        // A valid token for a user who no longer exists.
+        .ok_or_else(|| Problem::new(Code::InvalidToken).token_presented(true))?;
+    Ok(Reply {
+        status: 200,
+        body: Some(json(&UserBody::of(&user, true))?),
+        set_cookie: None,
+    })
+}

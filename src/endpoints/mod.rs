@@ -1,0 +1,224 @@
+//! The identity endpoints the gateway serves itself (never proxied): register, signin,
+//! signout, me. Each endpoint is one file, a function from the parsed request and the shared
+//! dependencies to a reply or a problem. `body.rs` owns request parsing and validation.
+
+mod body;
+mod me;
+mod register;
+mod signin;
+mod signout;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use serde::Serialize;
+
+use crate::config;
+use crate::password::{PasswordPool, PoolError};
+use crate::problem::{Code, Problem};
+use crate::ratelimit::{Limiter, TrustedProxies};
+use crate::store::{SharedStore, StoreError, User};
+use crate::tokens::Authenticator;
+use crate::tokens::issue::{Minted, TokenIssuer};
+
+/// Largest request body an identity endpoint reads.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Everything the endpoints need, built once at start.
+#[derive(Debug)]
+pub struct Identity {
+    pub prefix: String,
+    pub store: SharedStore,
+    pub passwords: PasswordPool,
+    pub issuer: TokenIssuer,
+    pub auth: Arc<Authenticator>,
+    pub cookie: config::Cookie,
+    pub per_ip: Limiter<IpAddr>,
+    pub failed_per_email: Limiter<String>,
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// Which endpoint a path and method name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Register,
+    Signin,
+    Signout,
+    Me,
+}
+
+/// What the proxy hands an endpoint.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub endpoint: Endpoint,
+    pub content_type: Option<&'a [u8]>,
+    pub body: Bytes,
+    pub query: Option<&'a str>,
+    /// The presented credential, if any (already checked not to be ambiguous).
+    pub token: Option<&'a [u8]>,
+    pub client_ip: IpAddr,
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Option<Bytes>,
+    pub set_cookie: Option<String>,
+}
+
+impl Identity {
+    /// The endpoint for `path` (already canonical) under the prefix; `None` when the path is
+    /// not the identity service's; `Some(Err)` for a wrong method or an unknown endpoint.
+    pub fn route(&self, method: &http::Method, path: &str) -> Option<Result<Endpoint, Problem>> {
+        let rest = path.strip_prefix(self.prefix.as_str())?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        let endpoint = match (method.as_str(), rest) {
+            ("POST", "/register") => Endpoint::Register,
+            ("POST", "/signin") => Endpoint::Signin,
+            ("POST", "/signout") => Endpoint::Signout,
+            ("GET" | "HEAD", "/me") => Endpoint::Me,
+            (_, "/register" | "/signin" | "/signout" | "/me") => {
+                return Some(Err(Problem::new(Code::NotFound)
+                    .detail("This endpoint does not take this method")));
+            }
+            _ => return Some(Err(Problem::new(Code::NotFound))),
+        };
+        Some(Ok(endpoint))
+    }
+
+    pub async fn handle(&self, req: Request<'_>) -> Result<Reply, Problem> {
+        match req.endpoint {
+            Endpoint::Register => register::handle(self, req).await,
+            Endpoint::Signin => signin::handle(self, req).await,
+            Endpoint::Signout => signout::handle(self, req).await,
+            Endpoint::Me => me::handle(self, req).await,
+        }
+    }
+
+    /// `Set-Cookie` carrying a token, per the `[cookie]` config.
+    fn auth_cookie(&self, token: &str, max_age: u64) -> String {
+        let c = &self.cookie;
+        let same_site = match c.same_site {
+            config::SameSite::Strict => "Strict",
+            config::SameSite::Lax => "Lax",
+        };
+        let secure = if c.secure { "; Secure" } else { "" };
+        format!(
+            "{}={token}; HttpOnly{secure}; SameSite={same_site}; Path=/; Max-Age={max_age}",
+            c.name
+        )
+    }
+
+    fn clear_cookie(&self) -> String {
+        self.auth_cookie("", 0)
+    }
+
+    fn issuer_ttl(&self) -> u64 {
+        self.issuer.ttl_secs()
+    }
+}
+
+/// The body of register and signin answers.
+#[derive(Serialize)]
+struct SessionBody<'a> {
+    user: UserBody<'a>,
+    token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+#[derive(Serialize)]
+struct UserBody<'a> {
+    id: uuid::Uuid,
+    email: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    updated_at: Option<time::OffsetDateTime>,
+}
+
+impl<'a> UserBody<'a> {
+    fn of(user: &'a User, with_updated: bool) -> Self {
+        Self {
+            id: user.id,
+            email: &user.email,
+            created_at: user.created_at,
+            updated_at: with_updated.then_some(user.updated_at),
+        }
+    }
+}
+
+fn json(value: &impl Serialize) -> Result<Bytes, Problem> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|_| Problem::new(Code::Internal))
+}
+
+/// The answer for a freshly authenticated user: body and cookie.
+fn session_reply(id: &Identity, status: u16, user: &User, minted: &Minted) -> Result<Reply, Problem> {
+    let body = json(&SessionBody {
+        user: UserBody::of(user, false),
+        token: &minted.token,
+        token_type: "Bearer",
+        expires_in: minted.ttl_secs,
+    })?;
+    Ok(Reply {
+        status,
+        body: Some(body),
+        set_cookie: Some(id.auth_cookie(&minted.token, minted.ttl_secs)),
+    })
+}
+
+/// Store failures as clients see them; the cause goes to the log only.
+fn store_problem(e: &StoreError) -> Problem {
+    match e {
+        StoreError::EmailTaken => Problem::new(Code::EmailTaken),
+        StoreError::Unavailable(cause) => {
+            tracing::warn!(cause = %cause, "identity store unavailable");
+            Problem::new(Code::ServiceUnavailable).retry_after(1)
+        }
+        StoreError::Other(cause) => {
+            tracing::error!(cause = %cause, "identity store error");
+            Problem::new(Code::Internal)
+        }
+    }
+}
+
+fn pool_problem(e: PoolError) -> Problem {
+    match e {
+        PoolError::Saturated => Problem::new(Code::ServiceUnavailable).retry_after(1),
+        PoolError::Failed => {
+            tracing::error!("bcrypt failed");
+            Problem::new(Code::Internal)
+        }
+    }
+}
+
+fn rate_limited(retry_after: u64) -> Problem {
+    Problem::new(Code::RateLimited).retry_after(retry_after)
+}
+
+/// The reply as a Pingora response.
+pub fn response(reply: &Reply) -> (ResponseHeader, Bytes) {
+    let body = reply.body.clone().unwrap_or_default();
+    let mut head = ResponseHeader::build(reply.status, Some(4)).expect("endpoint statuses are valid");
+    if reply.body.is_some() {
+        let _ = head.insert_header("content-type", "application/json");
+    }
+    let _ = head.insert_header("content-length", body.len().to_string());
+    let _ = head.insert_header("cache-control", "no-store");
+    if let Some(cookie) = &reply.set_cookie {
+        let _ = head.insert_header("set-cookie", cookie.as_str());
+    }
+    (head, body)
+}
+
+/// Unix seconds now.
+fn now() -> u64 {
+    u64::try_from(crate::revocation::unix_now()).unwrap_or(0)
+}

@@ -1,0 +1,57 @@
+//! `POST /signout` → 204: the presented token is revoked (here at once, on every replica
+//! within a second) and the cookie cleared. `?scope=all` revokes every token of the user
+//! issued up to now.
+
+use super::{Identity, Reply, Request, now, store_problem};
+use crate::problem::{Code, Problem};
+use crate::store::Revocation;
+
+pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
+    let all = match req.query {
+        None | Some("") => false,
+        Some("scope=all") => true,
+        Some(_) => {
+            return Err(Problem::new(Code::BadRequest).detail("The only query accepted is scope=all"));
+        }
+    };
+    let Some(token) = req.token else {
+        return Err(Problem::new(Code::MissingToken));
+    };
+    let who = id
+        .auth
+        .authenticate(token, now())
+        .map_err(|code| Problem::new(code).token_presented(true))?;
+    let Some(user) = who.user_uuid else {
+        // Not one of our users (an external issuer's token): nothing here to sign out of.
+        return Err(Problem::new(Code::Forbidden).detail("This token was not issued here"));
+    };
+    let leeway = i64::try_from(id.auth.keys.leeway_secs).unwrap_or(0);
+    let now = i64::try_from(now()).unwrap_or(i64::MAX);
+    let revocation = if all {
+        let ttl = i64::try_from(id.issuer_ttl()).unwrap_or(0);
+        // Every token issued up to and including this second.
+        Revocation::AllOfUser {
+            user_id: user,
+            issued_before: now + 1,
+            expires_at: now + 1 + ttl + leeway,
+        }
+    } else {
+        let Some(jti) = who.jti else {
+            return Err(Problem::new(Code::InvalidToken).token_presented(true));
+        };
+        Revocation::Token {
+            jti: jti.to_string(),
+            expires_at: i64::try_from(who.exp).unwrap_or(i64::MAX).saturating_add(leeway),
+        }
+    };
+    id.store
+        .revoke(user, &revocation)
+        .await
+        .map_err(|e| store_problem(&e))?;
+    id.auth.revocations.apply(std::slice::from_ref(&revocation));
+    Ok(Reply {
+        status: 204,
+        body: None,
+        set_cookie: Some(id.clear_cookie()),
+    })
+}

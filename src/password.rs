@@ -1,0 +1,218 @@
+//! Password hashing: bcrypt on a dedicated pool of OS threads, never on the proxy's async
+//! workers. The queue in front of the pool is bounded and so is the wait: when sign-ins flood
+//! in faster than bcrypt can serve them, callers get `Saturated` at once (→ 503 + Retry-After)
+//! instead of queueing without end and slowing the proxy down.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+/// Why a hash or a check did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The queue is full or the wait ran out: retry later.
+    #[error("password hashing is saturated")]
+    Saturated,
+    /// A stored hash could not be parsed, or bcrypt failed.
+    #[error("password hashing failed")]
+    Failed,
+}
+
+enum Job {
+    Hash {
+        password: Vec<u8>,
+        cost: u32,
+        reply: oneshot::Sender<Result<String, PoolError>>,
+    },
+    Verify {
+        password: Vec<u8>,
+        hash: Arc<str>,
+        reply: oneshot::Sender<Result<bool, PoolError>>,
+    },
+}
+
+/// A bounded bcrypt worker pool.
+#[derive(Clone)]
+pub struct PasswordPool {
+    jobs: SyncSender<Job>,
+    cost: u32,
+    max_wait: Duration,
+    /// A hash of a random password at the configured cost: unknown emails are checked against
+    /// it so they take as long as known ones.
+    dummy_hash: Arc<str>,
+    queue_depth: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::fmt::Debug for PasswordPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordPool")
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordPool {
+    /// `workers` threads (default: the machine's cores), `queue` waiting jobs at most, each
+    /// waiting at most `max_wait` for its result.
+    pub fn new(cost: u32, workers: usize, queue: usize, max_wait: Duration) -> Self {
+        let (jobs, rx) = sync_channel::<Job>(queue);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let queue_depth = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for i in 0..workers.max(1) {
+            let rx = Arc::clone(&rx);
+            let depth = Arc::clone(&queue_depth);
+            std::thread::Builder::new()
+                .name(format!("bcrypt-{i}"))
+                .spawn(move || worker(&rx, &depth))
+                .expect("spawn bcrypt worker");
+        }
+        let random: [u8; 24] = rand_bytes();
+        let dummy_hash = bcrypt::hash(random, cost).expect("bcrypt of a fixed-size input");
+        Self {
+            jobs,
+            cost,
+            max_wait,
+            dummy_hash: dummy_hash.into(),
+            queue_depth,
+        }
+    }
+
+    /// Pool sized to the machine: one worker per core, four queued jobs per worker.
+    pub fn for_machine(cost: u32) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Self::new(cost, cores, cores * 4, Duration::from_secs(2))
+    }
+
+    /// Jobs waiting or running.
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn hash(&self, password: &[u8]) -> Result<String, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Hash {
+            password: password.to_vec(),
+            cost: self.cost,
+            reply,
+        })?;
+        self.wait(rx).await
+    }
+
+    /// Checks `password` against `hash`; `None` checks against the dummy hash (and is false),
+    /// so that an unknown email costs what a wrong password costs.
+    pub async fn verify(&self, password: &[u8], hash: Option<&str>) -> Result<bool, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        let known = hash.is_some();
+        let hash: Arc<str> = hash.map_or_else(|| Arc::clone(&self.dummy_hash), Arc::from);
+        self.submit(Job::Verify {
+            password: password.to_vec(),
+            hash,
+            reply,
+        })?;
+        let ok = self.wait(rx).await?;
+        Ok(ok && known)
+    }
+
+    fn submit(&self, job: Job) -> Result<(), PoolError> {
+        self.queue_depth
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queue_depth
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                Err(PoolError::Saturated)
+            }
+        }
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, PoolError>>) -> Result<T, PoolError> {
+        match tokio::time::timeout(self.max_wait, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PoolError::Failed),
+            Err(_) => Err(PoolError::Saturated),
+        }
+    }
+}
+
+fn worker(rx: &std::sync::Mutex<Receiver<Job>>, depth: &std::sync::atomic::AtomicUsize) {
+    loop {
+        let job = {
+            let Ok(guard) = rx.lock() else { return };
+            match guard.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        match job {
+            Job::Hash {
+                password,
+                cost,
+                reply,
+            } => {
+                // A caller that gave up waiting no longer needs the work.
+                if !reply.is_closed() {
+                    let _ = reply.send(bcrypt::hash(&password, cost).map_err(|_| PoolError::Failed));
+                }
+            }
+            Job::Verify {
+                password,
+                hash,
+                reply,
+            } => {
+                if !reply.is_closed() {
+                    let _ = reply.send(
+                        bcrypt::verify(&password, &hash).map_err(|_| PoolError::Failed),
+                    );
+                }
+            }
+        }
+        depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    aws_lc_rs::rand::fill(&mut out).expect("system randomness");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_verify_and_unknown_users_never_match() {
+        let pool = PasswordPool::new(4, 1, 4, Duration::from_secs(5));
+        let hash = pool.hash(b"correct horse").await.unwrap();
+        assert!(hash.starts_with("$2b$04$"));
+        assert!(pool.verify(b"correct horse", Some(&hash)).await.unwrap());
+        assert!(!pool.verify(b"wrong horse", Some(&hash)).await.unwrap());
+        assert!(!pool.verify(b"anything", None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_saturated_at_once() {
+        let pool = PasswordPool::new(12, 1, 1, Duration::from_secs(10));
+        let started = std::time::Instant::now();
+        let results = futures_join(&pool).await;
+        assert!(results.contains(&Err(PoolError::Saturated)), "{results:?}");
+        // The refused ones did not wait for bcrypt.
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    async fn futures_join(pool: &PasswordPool) -> Vec<Result<String, PoolError>> {
+        let mut handles = Vec::new();
+        for _ in 0..6 {
+            let p = pool.clone();
+            handles.push(tokio::spawn(async move { p.hash(b"password").await }));
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+}

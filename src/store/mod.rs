@@ -1,0 +1,113 @@
+//! The identity store: users and revocations, behind one trait with two implementations
+//! (`postgres` for production and Neon, `sqlite` as the zero-setup embedded default). Both pass
+//! the same contract test suite (`tests/store_contract.rs`). Only the identity endpoints and
+//! background services touch the store; the edge's hot path never does.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A stored user, without the password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    /// As registered (trimmed); compared case-insensitively.
+    pub email: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A user with the bcrypt hash, for sign-in only.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// One revocation, as replicated to every gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// One token, by its `jti`, until `expires_at` (unix seconds: the token's own `exp`).
+    Token { jti: String, expires_at: i64 },
+    /// Every token of `user_id` issued before `issued_before` (unix seconds); the row matters
+    /// until `expires_at`, after which every such token has expired anyway.
+    AllOfUser {
+        user_id: Uuid,
+        issued_before: i64,
+        expires_at: i64,
+    },
+}
+
+impl Revocation {
+    pub fn expires_at(&self) -> i64 {
+        match self {
+            Self::Token { expires_at, .. } | Self::AllOfUser { expires_at, .. } => *expires_at,
+        }
+    }
+}
+
+/// Revocations recorded after a cursor, and the cursor to ask from next time.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationBatch {
+    pub revocations: Vec<Revocation>,
+    pub cursor: Cursor,
+}
+
+/// Where a replica is in the revocation log. Opaque to callers: `Cursor::default()` asks for
+/// everything still in force. Implementations re-read a short overlap window behind it, so a
+/// row committed late (with an earlier sequence number) is never skipped; applying a
+/// revocation twice is harmless.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor(pub i64);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another user already has this email (compared case-insensitively).
+    #[error("email already registered")]
+    EmailTaken,
+    /// The database cannot be reached or timed out; worth a retry later (503).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; the cause is logged, never shown to clients (500).
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync + std::fmt::Debug {
+    /// Creates a user. `email` is already trimmed and validated; uniqueness is
+    /// case-insensitive and enforced by the database, not by a prior lookup.
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError>;
+
+    /// The user with this email (case-insensitive), with the hash.
+    async fn credentials_by_email(&self, email: &str) -> Result<Option<Credentials>, StoreError>;
+
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError>;
+
+    /// Records a revocation and tells the other replicas (Postgres: `NOTIFY`).
+    async fn revoke(&self, user_id: Uuid, revocation: &Revocation) -> Result<(), StoreError>;
+
+    /// Revocations still in force at `now` recorded after `cursor` (see [`Cursor`]).
+    async fn revocations_since(&self, cursor: Cursor, now: i64)
+    -> Result<RevocationBatch, StoreError>;
+
+    /// Deletes revocations that protect nothing any more (`expires_at < now`).
+    async fn prune_revocations(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Cheap round trip for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub type SharedStore = Arc<dyn UserStore>;
+
+/// A store that can push revocation news (Postgres `LISTEN`).
+#[async_trait]
+pub trait Listen: Send + Sync {
+    /// Sends `()` on every notification; returns when the connection drops.
+    async fn listen(&self, notify: tokio::sync::mpsc::Sender<()>) -> Result<(), StoreError>;
+}

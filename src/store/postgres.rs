@@ -1,0 +1,1 @@
+//! PostgreSQL (and Neon) implementation of the identity store.

@@ -1,0 +1,96 @@
+//! Minting tokens at sign-in and registration. Not on the hot path: uses `jsonwebtoken`
+//! with a key prepared once at start.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::keys::Alg;
+use crate::config;
+
+/// Signs new tokens with the configured key.
+pub struct TokenIssuer {
+    header: Header,
+    key: EncodingKey,
+    ttl_secs: u64,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("alg", &self.header.alg)
+            .field("kid", &self.header.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A freshly minted token.
+#[derive(Debug)]
+pub struct Minted {
+    pub token: String,
+    pub jti: Uuid,
+    pub exp: u64,
+    pub ttl_secs: u64,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: Uuid,
+    email: &'a str,
+    iat: u64,
+    exp: u64,
+    jti: Uuid,
+    iss: &'a str,
+    aud: &'a str,
+}
+
+impl TokenIssuer {
+    pub fn new(t: &config::Tokens) -> Result<Self, String> {
+        let m = &t.signing_material;
+        let (alg, key) = match t.alg {
+            Alg::HS256 => (Algorithm::HS256, Ok(EncodingKey::from_secret(m))),
+            Alg::EdDSA => (Algorithm::EdDSA, EncodingKey::from_ed_pem(m)),
+            Alg::ES256 => (Algorithm::ES256, EncodingKey::from_ec_pem(m)),
+            Alg::RS256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(m)),
+        };
+        let key = key.map_err(|e| format!("tokens: cannot load the signing key: {e}"))?;
+        let mut header = Header::new(alg);
+        header.kid.clone_from(&t.kid);
+        Ok(Self {
+            header,
+            key,
+            ttl_secs: t.ttl.as_secs(),
+            issuer: t.issuer.clone(),
+            audience: t.audience.clone(),
+        })
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    /// A token for `user` issued at `iat` (unix seconds), valid for the configured TTL.
+    pub fn mint(&self, user: Uuid, email: &str, iat: u64) -> Result<Minted, String> {
+        let jti = Uuid::new_v4();
+        let exp = iat + self.ttl_secs;
+        let claims = Claims {
+            sub: user,
+            email,
+            iat,
+            exp,
+            jti,
+            iss: &self.issuer,
+            aud: &self.audience,
+        };
+        let token = jsonwebtoken::encode(&self.header, &claims, &self.key)
+            .map_err(|e| format!("signing failed: {e}"))?;
+        Ok(Minted {
+            token,
+            jti,
+            exp,
+            ttl_secs: self.ttl_secs,
+        })
+    }
+}
