@@ -9,11 +9,14 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::problem::{Code, Problem};
+use crate::revocation::Revocations;
 use crate::tokens::KeySet;
 
 #[derive(Debug)]
 pub struct Admin {
     pub keys: Arc<KeySet>,
+    /// Present when the gateway serves the identity endpoints: the store must answer.
+    pub store_health: Option<Arc<Revocations>>,
 }
 
 impl Admin {

@@ -73,7 +73,13 @@ pub fn build(config: Config) -> Result<Server, String> {
         }
     }
 
-    let mut admin = Service::new("admin".to_owned(), admin::Admin { keys });
+    let mut admin = Service::new(
+        "admin".to_owned(),
+        admin::Admin {
+            keys,
+            store_health: None,
+        },
+    );
     admin.add_tcp(&config.admin_listen.to_string());
 
     server.add_service(edge);

@@ -65,10 +65,24 @@ impl Gateway {
         identity::strip_identity_headers(req);
         ctx.request_id = Some(identity::request_id(req));
 
-        // 2. One spelling of the path for the route table and the upstream alike.
+        // 2. One spelling of the path for the route table and the upstream alike. Pingora keeps
+        //    the raw target for the wire, so anything but origin-form is rewritten (absolute
+        //    form) or refused (`*`, `public/x`).
+        let raw = req.raw_path();
+        let origin_form = raw.first() == Some(&b'/');
+        let absolute_form = raw
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
+            || raw
+                .get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"https://"));
+        if !origin_form && !absolute_form {
+            let p = Problem::new(Code::BadRequest).detail("The request target must be a path");
+            return Decision::problem(ctx, &p);
+        }
         let canonical = match path::normalise(req.uri.path()) {
-            Ok(Cow::Borrowed(_)) => None,
-            Ok(Cow::Owned(p)) => Some(p),
+            Ok(Cow::Borrowed(_)) if origin_form => None,
+            Ok(p) => Some(p.into_owned()),
             Err(e) => {
                 tracing::debug!(reason = ?e, "path refused");
                 let p = Problem::new(Code::BadRequest).detail("The request path is not acceptable");
@@ -179,21 +193,25 @@ impl Gateway {
             Credential::Token(t, _) => Some(t),
             Credential::None => None,
             Credential::Ambiguous => {
-                return Err(Problem::new(Code::BadRequest)
-                    .detail("More than one credential was presented"));
+                return Err(
+                    Problem::new(Code::BadRequest).detail("More than one credential was presented")
+                );
             }
         };
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), std::net::SocketAddr::ip);
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map_or(
+            std::net::IpAddr::from([0, 0, 0, 0]),
+            std::net::SocketAddr::ip,
+        );
         let forwarded = req
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok());
         let request = endpoints::Request {
             endpoint,
-            content_type: req.headers.get(http::header::CONTENT_TYPE).map(http::HeaderValue::as_bytes),
+            content_type: req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(http::HeaderValue::as_bytes),
             body,
             query: req.uri.query(),
             token,
@@ -225,7 +243,9 @@ async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<B
             }
             Ok(None) => return Ok(body.freeze()),
             Err(_) => {
-                return Err(Problem::new(Code::BadRequest).detail("The request body could not be read"));
+                return Err(
+                    Problem::new(Code::BadRequest).detail("The request body could not be read")
+                );
             }
         }
     }
