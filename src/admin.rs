@@ -40,6 +40,7 @@ impl Admin {
                     )
                 }
             }
+            (true, "/metrics") => (200, "text/plain; version=0.0.4", crate::metrics::render()),
             _ => {
                 let p = Problem::new(Code::NotFound);
                 (p.status(), "application/problem+json", p.body().to_vec())

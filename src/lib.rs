@@ -10,6 +10,7 @@ pub mod config;
 pub mod echo;
 pub mod endpoints;
 pub mod identity;
+pub mod metrics;
 pub mod password;
 pub mod path;
 pub mod problem;
@@ -40,6 +41,7 @@ pub fn build(config: Config) -> Result<Server, String> {
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    metrics::init();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

@@ -251,6 +251,25 @@ async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<B
     }
 }
 
+/// A status code as a label without a heap allocation per request.
+fn itoa_status(status: u16) -> StatusLabel {
+    let mut b = [b'0'; 3];
+    let mut n = status.min(999);
+    for slot in b.iter_mut().rev() {
+        *slot = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+    }
+    StatusLabel(b)
+}
+
+struct StatusLabel([u8; 3]);
+
+impl StatusLabel {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("000")
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -388,6 +407,19 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.map(|i| self.routes.routes()[i].pattern.as_str());
+        let route_label = route.unwrap_or("none");
+        let status_buf = itoa_status(status);
+        crate::metrics::REQUESTS
+            .with_label_values(&[route_label, status_buf.as_str()])
+            .inc();
+        crate::metrics::REQUEST_SECONDS
+            .with_label_values(&[route_label])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(code) = ctx.rejection {
+            crate::metrics::REJECTIONS
+                .with_label_values(&[code.as_str()])
+                .inc();
+        }
         // Never the token, the cookie or the query string: only what identifies the request.
         tracing::info!(
             target: "access",
