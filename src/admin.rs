@@ -1,5 +1,6 @@
 //! The private admin listener: `/healthz` (the process serves), `/readyz` (the gateway can do
-//! its job). Metrics join here later; each path is one arm of `answer`.
+//! its job: keys loaded, store migrated and answering), `/metrics` (Prometheus text). Each
+//! path is one arm of `answer`.
 
 use std::sync::Arc;
 
@@ -9,14 +10,14 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::problem::{Code, Problem};
-use crate::revocation::Revocations;
+use crate::store::StoreHealth;
 use crate::tokens::KeySet;
 
 #[derive(Debug)]
 pub struct Admin {
     pub keys: Arc<KeySet>,
     /// Present when the gateway serves the identity endpoints: the store must answer.
-    pub store_health: Option<Arc<Revocations>>,
+    pub store_health: Option<Arc<StoreHealth>>,
 }
 
 impl Admin {
@@ -26,19 +27,18 @@ impl Admin {
         match (get, path) {
             (true, "/healthz") => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             (true, "/readyz") => {
-                if self.keys.keys.is_empty() {
-                    (
-                        503,
-                        "application/json",
-                        br#"{"status":"not ready","keys":false}"#.to_vec(),
-                    )
-                } else {
-                    (
-                        200,
-                        "application/json",
-                        br#"{"status":"ready","keys":true}"#.to_vec(),
-                    )
-                }
+                let keys = !self.keys.keys.is_empty();
+                let health = self.store_health.as_deref();
+                let store = health.is_none_or(StoreHealth::ready);
+                let body = serde_json::json!({
+                    "status": if keys && store { "ready" } else { "not ready" },
+                    "keys": keys,
+                    "store": store,
+                    "store_migrated": health.is_none_or(|h| h.migrated.load(std::sync::atomic::Ordering::Relaxed)),
+                    "store_answers": health.is_none_or(|h| h.up.load(std::sync::atomic::Ordering::Relaxed)),
+                });
+                let status = if keys && store { 200 } else { 503 };
+                (status, "application/json", body.to_string().into_bytes())
             }
             (true, "/metrics") => (200, "text/plain; version=0.0.4", crate::metrics::render()),
             _ => {

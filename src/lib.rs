@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod echo;
 pub mod endpoints;
 pub mod identity;
@@ -46,17 +47,68 @@ pub fn build(config: Config) -> Result<Server, String> {
     server.bootstrap();
 
     let keys = Arc::new(config.keys);
+    let revocations = Arc::new(revocation::Revocations::default());
     let auth = Arc::new(tokens::Authenticator {
         keys: Arc::clone(&keys),
-        revocations: Arc::default(),
+        revocations: Arc::clone(&revocations),
     });
+
+    // The store: opened without connecting; migrated now when it answers, else by the sync
+    // service once it does. The edge starts either way.
+    let opened = store::open(&config.store.url)?;
+    let health = Arc::new(store::StoreHealth::default());
+    if config.store.auto_migrate {
+        match migrate_now(&opened, MIGRATE_AT_START_WITHIN) {
+            Ok(()) => {
+                health
+                    .migrated
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                health.set_up(true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store not reachable at start; serving the edge and retrying");
+            }
+        }
+    } else {
+        health
+            .migrated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let sync = pingora::services::background::background_service(
+        "revocation sync",
+        revocation::RevocationSync {
+            store: Arc::clone(&opened.store),
+            listener: opened.listener.clone(),
+            migrator: config
+                .store
+                .auto_migrate
+                .then(|| Arc::clone(&opened.migrator)),
+            revocations,
+            health: Arc::clone(&health),
+        },
+    );
+    let identity = Arc::new(endpoints::Identity {
+        prefix: config.identity_prefix,
+        store: opened.store,
+        health: Arc::clone(&health),
+        passwords: password::PasswordPool::for_machine(config.bcrypt_cost),
+        issuer: tokens::issue::TokenIssuer::new(&config.tokens)?,
+        auth: Arc::clone(&auth),
+        cookie: config.cookie.clone(),
+        per_ip: ratelimit::Limiter::new(config.rate_limit.per_ip_per_minute),
+        failed_per_email: ratelimit::Limiter::new(
+            config.rate_limit.failed_signins_per_email_per_minute,
+        ),
+        trusted_proxies: ratelimit::TrustedProxies::parse(&config.rate_limit.trusted_proxies),
+    });
+
     let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
     let gateway = proxy::Gateway {
         routes: config.routes,
         upstreams,
         auth,
         cookie_name: config.cookie.name,
-        identity: None,
+        identity: Some(identity),
     };
 
     let mut edge = pingora::proxy::http_proxy_service(&server.configuration, gateway);
@@ -79,17 +131,37 @@ pub fn build(config: Config) -> Result<Server, String> {
         "admin".to_owned(),
         admin::Admin {
             keys,
-            store_health: None,
+            store_health: Some(health),
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());
 
     server.add_service(edge);
     server.add_service(admin);
+    server.add_service(sync);
     for check in health_checks {
         server.add_service(check);
     }
     Ok(server)
+}
+
+/// How long `serve` waits for the store to take its migrations before serving without it.
+const MIGRATE_AT_START_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Applies pending migrations now, waiting at most `within`. Used by `serve` at start and by
+/// `portcullis migrate`.
+pub fn migrate_now(opened: &store::Opened, within: std::time::Duration) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime for migrations: {e}"))?;
+    rt.block_on(async {
+        match tokio::time::timeout(within, opened.migrator.migrate()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the store did not answer within {within:?}")),
+        }
+    })
 }
 
 /// Runs a built server until SIGTERM or SIGINT, both of which drain gracefully.

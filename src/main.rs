@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use portcullis::config::{self, ProcessEnv};
@@ -25,6 +26,13 @@ enum Command {
         #[arg(long, default_value = "conf/portcullis.toml")]
         config: PathBuf,
     },
+    /// Apply pending migrations to the configured store, then exit.
+    Migrate {
+        #[arg(long, default_value = "conf/portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Zero-setup demo: gateway, admin, echo upstream and an embedded store under ./data/.
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -39,18 +47,50 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             init_logging();
+            match config::load(&config, &ProcessEnv) {
+                Ok(c) => serve(c),
+                Err(problems) => report(&problems),
+            }
+        }
+        Command::Migrate { config } => {
+            init_logging();
             let loaded = match config::load(&config, &ProcessEnv) {
                 Ok(c) => c,
                 Err(problems) => return report(&problems),
             };
-            match portcullis::build(loaded) {
-                Ok(server) => {
-                    portcullis::run(server);
+            let opened = match portcullis::store::open(&loaded.store.url) {
+                Ok(o) => o,
+                Err(e) => return report(&[e]),
+            };
+            match portcullis::migrate_now(&opened, Duration::from_secs(60)) {
+                Ok(()) => {
+                    println!("migrations applied");
                     ExitCode::SUCCESS
                 }
-                Err(e) => report(&[e]),
+                Err(e) => report(&[format!("migrate: {e}")]),
             }
         }
+        Command::Demo => {
+            init_logging();
+            let echo = portcullis::echo::spawn();
+            match portcullis::demo::config(echo) {
+                Ok(c) => {
+                    println!("{}", portcullis::demo::banner(echo));
+                    serve(c)
+                }
+                Err(problems) => report(&problems),
+            }
+        }
+    }
+}
+
+fn serve(config: config::Config) -> ExitCode {
+    match portcullis::build(config) {
+        Ok(server) => {
+            portcullis::run(server);
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(&[e]),
     }
 }
 

@@ -154,7 +154,8 @@ fn worker(rx: &std::sync::Mutex<Receiver<Job>>, depth: &std::sync::atomic::Atomi
             } => {
                 // A caller that gave up waiting no longer needs the work.
                 if !reply.is_closed() {
-                    let _ = reply.send(bcrypt::hash(&password, cost).map_err(|_| PoolError::Failed));
+                    let _ =
+                        reply.send(bcrypt::hash(&password, cost).map_err(|_| PoolError::Failed));
                 }
             }
             Job::Verify {
@@ -163,9 +164,8 @@ fn worker(rx: &std::sync::Mutex<Receiver<Job>>, depth: &std::sync::atomic::Atomi
                 reply,
             } => {
                 if !reply.is_closed() {
-                    let _ = reply.send(
-                        bcrypt::verify(&password, &hash).map_err(|_| PoolError::Failed),
-                    );
+                    let _ =
+                        reply.send(bcrypt::verify(&password, &hash).map_err(|_| PoolError::Failed));
                 }
             }
         }

@@ -81,7 +81,11 @@ impl TrustedProxies {
                     let (ip, len) = c.split_once('/').unwrap_or((c, ""));
                     let ip: IpAddr = ip.parse().ok()?;
                     let max = if ip.is_ipv4() { 32 } else { 128 };
-                    let len = if len.is_empty() { max } else { len.parse().ok()? };
+                    let len = if len.is_empty() {
+                        max
+                    } else {
+                        len.parse().ok()?
+                    };
                     Some((ip, len))
                 })
                 .collect(),
@@ -149,7 +153,10 @@ mod tests {
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
         let client: IpAddr = "198.51.100.7".parse().unwrap();
         assert_eq!(t.client_ip(stranger, Some("1.1.1.1")), stranger);
-        assert_eq!(t.client_ip(proxy, Some("1.1.1.1, 198.51.100.7, 10.9.9.9")), client);
+        assert_eq!(
+            t.client_ip(proxy, Some("1.1.1.1, 198.51.100.7, 10.9.9.9")),
+            client
+        );
         assert_eq!(t.client_ip(proxy, Some("garbage")), proxy);
         assert_eq!(t.client_ip(proxy, None), proxy);
     }

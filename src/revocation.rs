@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -17,7 +17,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use uuid::Uuid;
 
-use crate::store::{Cursor, Listen, Revocation, SharedStore};
+use crate::store::{Cursor, Listen, Migrate, Revocation, SharedStore, StoreHealth};
 
 /// How often a replica asks the store for revocations it may have missed.
 pub const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
@@ -52,7 +52,9 @@ impl Snapshot {
 
     /// The earliest `iat` a new token for `user` may carry and still be valid.
     pub fn valid_after(&self, user: Uuid) -> Option<i64> {
-        self.users.get(&user).map(|&(issued_before, _)| issued_before)
+        self.users
+            .get(&user)
+            .map(|&(issued_before, _)| issued_before)
     }
 
     pub fn len(&self) -> usize {
@@ -111,8 +113,6 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Revocations {
     current: ArcSwap<Snapshot>,
-    /// The store answered the last catch-up query.
-    store_up: AtomicBool,
 }
 
 impl Revocations {
@@ -137,10 +137,6 @@ impl Revocations {
         let now = unix_now();
         self.current.rcu(|cur| Arc::new(cur.with(&[], now)));
     }
-
-    pub fn store_up(&self) -> bool {
-        self.store_up.load(Ordering::Relaxed)
-    }
 }
 
 pub fn unix_now() -> i64 {
@@ -149,12 +145,16 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Keeps [`Revocations`] in step with the store; also tells readiness whether the store answers.
+/// Keeps [`Revocations`] in step with the store; migrates a store that was down at start;
+/// tells readiness whether the store answers.
 pub struct RevocationSync {
     pub store: SharedStore,
     /// Set when the store is Postgres: a `LISTEN` connection speeds convergence up.
     pub listener: Option<Arc<dyn Listen>>,
+    /// Set when migrations are still to be applied (`auto_migrate` and the store was down).
+    pub migrator: Option<Arc<dyn Migrate>>,
     pub revocations: Arc<Revocations>,
+    pub health: Arc<StoreHealth>,
 }
 
 impl std::fmt::Debug for RevocationSync {
@@ -170,6 +170,29 @@ impl BackgroundService for RevocationSync {
         if let Some(pg) = &self.listener {
             tokio::spawn(listen_forever(Arc::clone(pg), tx));
         }
+        if !self.health.migrated.load(Ordering::Relaxed) {
+            let Some(migrator) = &self.migrator else {
+                return;
+            };
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match migrator.migrate().await {
+                    Ok(()) => {
+                        tracing::info!("store migrated");
+                        self.health.migrated.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store not reachable for migrations; retrying");
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    () = tokio::time::sleep(backoff) => {},
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
         let mut cursor = Cursor::default();
         let mut tick = tokio::time::interval(CATCH_UP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,11 +206,15 @@ impl BackgroundService for RevocationSync {
             match self.store.revocations_since(cursor, unix_now()).await {
                 Ok(batch) => {
                     self.revocations.apply(&batch.revocations);
+                    crate::metrics::REVOKED_ENTRIES
+                        .set(i64::try_from(self.revocations.snapshot().len()).unwrap_or(i64::MAX));
                     cursor = batch.cursor;
-                    self.revocations.store_up.store(true, Ordering::Relaxed);
+                    if !self.health.set_up(true) {
+                        tracing::info!("store answers");
+                    }
                 }
                 Err(e) => {
-                    if self.revocations.store_up.swap(false, Ordering::Relaxed) {
+                    if self.health.set_up(false) {
                         tracing::warn!(error = %e, "store unreachable; keeping the last revocation snapshot");
                     }
                 }
@@ -271,6 +298,10 @@ mod tests {
         r.apply(std::slice::from_ref(&live));
         let first = Arc::as_ptr(&r.snapshot());
         r.apply(&[live]);
-        assert_eq!(first, Arc::as_ptr(&r.snapshot()), "a repeat must not rebuild");
+        assert_eq!(
+            first,
+            Arc::as_ptr(&r.snapshot()),
+            "a repeat must not rebuild"
+        );
     }
 }

@@ -22,7 +22,6 @@ threads = 2
 
 [store]
 url = "sqlite://{DIR}/p.db"
-auto_migrate = false
 
 {TOKENS}
 
@@ -1177,7 +1176,6 @@ admin_listen = "{ADMIN}"
 
 [store]
 url = "sqlite://{DIR}/p.db"
-auto_migrate = false
 
 [tokens]
 algorithm = "HS256"

@@ -33,7 +33,9 @@ struct Raw {
 pub fn require_json(content_type: Option<&[u8]>) -> Result<(), Problem> {
     let is_json = content_type.is_some_and(|ct| {
         let essence = ct.split(|&b| b == b';').next().unwrap_or_default();
-        essence.trim_ascii().eq_ignore_ascii_case(b"application/json")
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"application/json")
     });
     if is_json {
         Ok(())
@@ -50,7 +52,11 @@ pub fn email_password(body: &[u8]) -> Result<EmailPassword, Problem> {
     let raw: Raw = serde_json::from_slice(body).map_err(|e| {
         // serde names the offending field, never a value.
         let reason = e.to_string();
-        let reason = reason.split(" at line").next().unwrap_or("invalid").to_owned();
+        let reason = reason
+            .split(" at line")
+            .next()
+            .unwrap_or("invalid")
+            .to_owned();
         invalid("body", &truncate(&reason, 120))
     })?;
 
@@ -159,7 +165,8 @@ mod tests {
 
     #[test]
     fn good_bodies_are_trimmed_and_kept() {
-        let ep = email_password(br#"{"email":"  Ada@Example.com ","password":"12345678"}"#).unwrap();
+        let ep =
+            email_password(br#"{"email":"  Ada@Example.com ","password":"12345678"}"#).unwrap();
         assert_eq!(ep.email, "Ada@Example.com");
         assert_eq!(ep.password, b"12345678");
     }
@@ -172,12 +179,25 @@ mod tests {
         assert_eq!(e["status"], 422);
         assert_eq!(e["errors"]["email"], "must be a string");
         assert_eq!(e["errors"]["password"], "must be at least 8 bytes");
-        let e = errors(&format!(r#"{{"email":"a@b.co","password":"{}"}}"#, "x".repeat(73)));
+        let e = errors(&format!(
+            r#"{{"email":"a@b.co","password":"{}"}}"#,
+            "x".repeat(73)
+        ));
         assert!(e["errors"]["password"].as_str().unwrap().contains("72"));
         let e = errors(r#"{"email":"a@b.co","password":"12345678","admin":true}"#);
-        assert!(e["errors"]["body"].as_str().unwrap().contains("unknown field"));
+        assert!(
+            e["errors"]["body"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field")
+        );
         let e = errors(r#"{"email":"a@b.co","email":"c@d.co","password":"12345678"}"#);
-        assert!(e["errors"]["body"].as_str().unwrap().contains("duplicate field"));
+        assert!(
+            e["errors"]["body"]
+                .as_str()
+                .unwrap()
+                .contains("duplicate field")
+        );
     }
 
     #[test]
@@ -189,7 +209,17 @@ mod tests {
 
     #[test]
     fn emails_that_are_not_plain_ascii_addresses_are_refused() {
-        for bad in ["", "a", "a@b", "@b.co", "a@.co", "a b@c.co", "a@b..co", "аdmin@example.com", "a@b.co\0"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.co",
+            "a@.co",
+            "a b@c.co",
+            "a@b..co",
+            "аdmin@example.com",
+            "a@b.co\0",
+        ] {
             let ok = check_email(bad);
             assert!(ok.is_err(), "{bad:?}");
         }

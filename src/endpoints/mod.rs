@@ -19,7 +19,7 @@ use crate::config;
 use crate::password::{PasswordPool, PoolError};
 use crate::problem::{Code, Problem};
 use crate::ratelimit::{Limiter, TrustedProxies};
-use crate::store::{SharedStore, StoreError, User};
+use crate::store::{SharedStore, StoreError, StoreHealth, User};
 use crate::tokens::Authenticator;
 use crate::tokens::issue::{Minted, TokenIssuer};
 
@@ -31,6 +31,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct Identity {
     pub prefix: String,
     pub store: SharedStore,
+    pub health: Arc<StoreHealth>,
     pub passwords: PasswordPool,
     pub issuer: TokenIssuer,
     pub auth: Arc<Authenticator>,
@@ -83,8 +84,9 @@ impl Identity {
             ("POST", "/signout") => Endpoint::Signout,
             ("GET" | "HEAD", "/me") => Endpoint::Me,
             (_, "/register" | "/signin" | "/signout" | "/me") => {
-                return Some(Err(Problem::new(Code::NotFound)
-                    .detail("This endpoint does not take this method")));
+                return Some(Err(
+                    Problem::new(Code::NotFound).detail("This endpoint does not take this method")
+                ));
             }
             _ => return Some(Err(Problem::new(Code::NotFound))),
         };
@@ -92,6 +94,14 @@ impl Identity {
     }
 
     pub async fn handle(&self, req: Request<'_>) -> Result<Reply, Problem> {
+        // Not migrated yet (the store was down at start): answer fast instead of erroring.
+        if !self
+            .health
+            .migrated
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Problem::new(Code::ServiceUnavailable).retry_after(1));
+        }
         match req.endpoint {
             Endpoint::Register => register::handle(self, req).await,
             Endpoint::Signin => signin::handle(self, req).await,
@@ -138,7 +148,10 @@ struct UserBody<'a> {
     email: &'a str,
     #[serde(with = "time::serde::rfc3339")]
     created_at: time::OffsetDateTime,
-    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     updated_at: Option<time::OffsetDateTime>,
 }
 
@@ -160,7 +173,12 @@ fn json(value: &impl Serialize) -> Result<Bytes, Problem> {
 }
 
 /// The answer for a freshly authenticated user: body and cookie.
-fn session_reply(id: &Identity, status: u16, user: &User, minted: &Minted) -> Result<Reply, Problem> {
+fn session_reply(
+    id: &Identity,
+    status: u16,
+    user: &User,
+    minted: &Minted,
+) -> Result<Reply, Problem> {
     let body = json(&SessionBody {
         user: UserBody::of(user, false),
         token: &minted.token,
@@ -206,7 +224,8 @@ fn rate_limited(retry_after: u64) -> Problem {
 /// The reply as a Pingora response.
 pub fn response(reply: &Reply) -> (ResponseHeader, Bytes) {
     let body = reply.body.clone().unwrap_or_default();
-    let mut head = ResponseHeader::build(reply.status, Some(4)).expect("endpoint statuses are valid");
+    let mut head =
+        ResponseHeader::build(reply.status, Some(4)).expect("endpoint statuses are valid");
     if reply.body.is_some() {
         let _ = head.insert_header("content-type", "application/json");
     }

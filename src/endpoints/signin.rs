@@ -2,7 +2,9 @@
 //! An unknown email and a wrong password get the same answer after the same work: the
 //! password is checked against a dummy hash when there is no user.
 
-use super::{Identity, Reply, Request, body, now, pool_problem, rate_limited, session_reply, store_problem};
+use super::{
+    Identity, Reply, Request, body, now, pool_problem, rate_limited, session_reply, store_problem,
+};
 use crate::problem::{Code, Problem};
 
 pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
@@ -10,7 +12,9 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
     body::require_json(req.content_type)?;
     let input = body::email_password(&req.body)?;
     let email_key = input.email.to_ascii_lowercase();
-    id.failed_per_email.check(&email_key).map_err(rate_limited)?;
+    id.failed_per_email
+        .check(&email_key)
+        .map_err(rate_limited)?;
 
     let found = id
         .store
@@ -18,7 +22,11 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
         .await
         .map_err(|e| store_problem(&e))?;
     let hash = found.as_ref().map(|c| c.password_hash.as_str());
-    let ok = id.passwords.verify(&input.password, hash).await.map_err(pool_problem)?;
+    let ok = id
+        .passwords
+        .verify(&input.password, hash)
+        .await
+        .map_err(pool_problem)?;
     let Some(creds) = found.filter(|_| ok) else {
         // Counted after the work, so a guesser pays bcrypt for every try.
         let _ = id.failed_per_email.hit(&email_key);
@@ -31,9 +39,12 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
         .valid_after(creds.user.id)
         .and_then(|t| u64::try_from(t).ok())
         .map_or(now(), |t| t.max(now()));
-    let minted = id.issuer.mint(creds.user.id, &creds.user.email, iat).map_err(|e| {
-        tracing::error!(cause = %e, "minting a token failed");
-        Problem::new(Code::Internal)
-    })?;
+    let minted = id
+        .issuer
+        .mint(creds.user.id, &creds.user.email, iat)
+        .map_err(|e| {
+            tracing::error!(cause = %e, "minting a token failed");
+            Problem::new(Code::Internal)
+        })?;
     session_reply(id, 200, &creds.user, &minted)
 }

@@ -11,7 +11,9 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
         None | Some("") => false,
         Some("scope=all") => true,
         Some(_) => {
-            return Err(Problem::new(Code::BadRequest).detail("The only query accepted is scope=all"));
+            return Err(
+                Problem::new(Code::BadRequest).detail("The only query accepted is scope=all")
+            );
         }
     };
     let Some(token) = req.token else {
@@ -41,7 +43,9 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
         };
         Revocation::Token {
             jti: jti.to_string(),
-            expires_at: i64::try_from(who.exp).unwrap_or(i64::MAX).saturating_add(leeway),
+            expires_at: i64::try_from(who.exp)
+                .unwrap_or(i64::MAX)
+                .saturating_add(leeway),
         }
     };
     id.store

@@ -93,8 +93,11 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     async fn revoke(&self, user_id: Uuid, revocation: &Revocation) -> Result<(), StoreError>;
 
     /// Revocations still in force at `now` recorded after `cursor` (see [`Cursor`]).
-    async fn revocations_since(&self, cursor: Cursor, now: i64)
-    -> Result<RevocationBatch, StoreError>;
+    async fn revocations_since(
+        &self,
+        cursor: Cursor,
+        now: i64,
+    ) -> Result<RevocationBatch, StoreError>;
 
     /// Deletes revocations that protect nothing any more (`expires_at < now`).
     async fn prune_revocations(&self, now: i64) -> Result<u64, StoreError>;
@@ -104,6 +107,89 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
 }
 
 pub type SharedStore = Arc<dyn UserStore>;
+
+/// Applies the pending migrations of a store.
+#[async_trait]
+pub trait Migrate: Send + Sync {
+    async fn migrate(&self) -> Result<(), StoreError>;
+}
+
+/// Whether the store can serve the identity endpoints: migrated, and answering.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    pub migrated: std::sync::atomic::AtomicBool,
+    pub up: std::sync::atomic::AtomicBool,
+}
+
+impl StoreHealth {
+    pub fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.migrated.load(Relaxed) && self.up.load(Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) -> bool {
+        let was = self.up.swap(up, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::STORE_UP.set(i64::from(up));
+        was
+    }
+}
+
+/// A store opened from its URL, with the extra abilities its kind has.
+pub struct Opened {
+    pub store: SharedStore,
+    pub migrator: Arc<dyn Migrate>,
+    /// Postgres only: a `LISTEN` connection for fast revocation news.
+    pub listener: Option<Arc<dyn Listen>>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the store named by `url` without connecting (a store down at start is no config
+/// error). The error is one line and never contains the URL's password.
+pub fn open(url: &str) -> Result<Opened, String> {
+    if url.starts_with("sqlite:") {
+        let s = Arc::new(sqlite::SqliteStore::open(url)?);
+        Ok(Opened {
+            store: s.clone(),
+            migrator: s,
+            listener: None,
+        })
+    } else {
+        let s = Arc::new(postgres::PostgresStore::new(url)?);
+        Ok(Opened {
+            store: s.clone(),
+            migrator: s.clone(),
+            listener: Some(s),
+        })
+    }
+}
+
+#[async_trait]
+impl Migrate for sqlite::SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlite::SqliteStore::migrate(self).await
+    }
+}
+
+#[async_trait]
+impl Migrate for postgres::PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        postgres::PostgresStore::migrate(self).await
+    }
+}
+
+#[async_trait]
+impl Listen for postgres::PostgresStore {
+    async fn listen(&self, notify: tokio::sync::mpsc::Sender<()>) -> Result<(), StoreError> {
+        postgres::PostgresStore::listen(self, notify).await
+    }
+}
 
 /// A store that can push revocation news (Postgres `LISTEN`).
 #[async_trait]

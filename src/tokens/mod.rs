@@ -2,8 +2,8 @@
 //! Minting at sign-in (`issue`). [`Authenticator`] joins verification and revocation: the one
 //! check both the edge and the identity endpoints use.
 
-pub mod keys;
 pub mod issue;
+pub mod keys;
 pub mod verify;
 
 pub use keys::{Alg, KeySet, VerifyKey};

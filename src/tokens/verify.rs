@@ -173,7 +173,10 @@ pub fn verify(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenEr
         email,
         exp,
         iat: claims.iat,
-        jti: claims.jti.as_deref().and_then(|j| uuid::Uuid::try_parse(j).ok()),
+        jti: claims
+            .jti
+            .as_deref()
+            .and_then(|j| uuid::Uuid::try_parse(j).ok()),
         user_uuid: uuid::Uuid::try_parse(&sub).ok(),
     })
 }

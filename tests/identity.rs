@@ -1,0 +1,678 @@
+//! The identity endpoints (CONTRACT section 6) through the real binary, against both stores:
+//! every test runs once on the embedded SQLite store and once on Postgres (a fresh database per
+//! test at `TEST_DATABASE_URL`; the Postgres half fails, never skips, when it is not set).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Response, assert_problem, request_bytes};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A gateway config with the identity endpoints, a protected owner route and a public route.
+fn config(store_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{LISTEN}}"
+admin_listen = "{{ADMIN}}"
+grace_period_secs = 0
+
+[store]
+url = "{store_url}"
+
+[tokens]
+secret_env = "PORTCULLIS_TEST_SECRET"
+
+[cookie]
+name = "pc_tok"
+
+[password]
+bcrypt_cost = 10
+
+{extra}
+
+[[upstream]]
+name = "app"
+addrs = ["{{UPSTREAM}}"]
+
+[[route]]
+path = "/api/{{user_id}}/tasks/{{*rest}}"
+upstream = "app"
+auth = "required"
+owner = "user_id"
+"#
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test; dropped (Postgres) when the test ends.
+struct Db {
+    url: String,
+    pg: Option<(String, String)>,
+}
+
+impl Db {
+    fn new(store: Store) -> Db {
+        match store {
+            Store::Sqlite => Db {
+                url: "sqlite://{DIR}/identity.db".into(),
+                pg: None,
+            },
+            Store::Postgres => {
+                let base = std::env::var("TEST_DATABASE_URL").expect(
+                    "TEST_DATABASE_URL must point at a Postgres server (e.g. \
+                     postgres://postgres@127.0.0.1:5432/test): the Postgres tests never skip",
+                );
+                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+                admin_sql(&base, &format!("CREATE DATABASE {name}"));
+                let (prefix, _) = base.rsplit_once('/').expect("a database URL");
+                let (_, query) = base.split_once('?').unwrap_or((&base, ""));
+                let mut url = format!("{prefix}/{name}");
+                if !query.is_empty() {
+                    url = format!("{url}?{query}");
+                }
+                Db {
+                    url,
+                    pg: Some((base, name)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some((base, name)) = &self.pg {
+            admin_sql(
+                base,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+/// Runs one statement on the server at `url` (for creating and dropping test databases).
+fn admin_sql(url: &str, sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach TEST_DATABASE_URL: {e}"));
+        let driver = tokio::spawn(conn);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(client);
+        let _ = driver.await;
+    });
+}
+
+fn start(store: Store, extra: &str) -> (Gateway, Db) {
+    let db = Db::new(store);
+    let g = Gateway::start(&config(&db.url, extra), &[]);
+    (g, db)
+}
+
+fn post_json(g: &Gateway, path: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
+    let body = body.to_string();
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    g.raw(&request_bytes("POST", path, &h, Some(body.as_bytes())))
+}
+
+fn register(g: &Gateway, email: &str) -> Response {
+    post_json(
+        g,
+        "/api/v1/auth/register",
+        &json!({"email": email, "password": PASSWORD}),
+        &[],
+    )
+}
+
+fn signin(g: &Gateway, email: &str, password: &str) -> Response {
+    post_json(
+        g,
+        "/api/v1/auth/signin",
+        &json!({"email": email, "password": password}),
+        &[],
+    )
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn token_of(r: &Response) -> String {
+    r.json()["token"].as_str().expect("a token").to_owned()
+}
+
+fn id_of(r: &Response) -> String {
+    r.json()["user"]["id"]
+        .as_str()
+        .expect("a user id")
+        .to_owned()
+}
+
+fn email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn register_returns_201_with_user_token_and_secure_cookie(store: Store) {
+    let (g, _db) = start(store, "");
+    let mail = email();
+    let r = register(&g, &format!("  {}  ", mail.to_uppercase()));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        v["user"]["email"],
+        mail.to_uppercase(),
+        "trimmed, case kept"
+    );
+    assert!(uuid::Uuid::parse_str(v["user"]["id"].as_str().unwrap()).is_ok());
+    assert!(v["user"]["created_at"].as_str().unwrap().contains('T'));
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 3600);
+    let cookie = r.header("set-cookie").expect("auth cookie");
+    assert!(
+        cookie.starts_with(&format!("pc_tok={};", token_of(&r))),
+        "{cookie}"
+    );
+    for part in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=3600",
+    ] {
+        assert!(cookie.contains(part), "{cookie} lacks {part}");
+    }
+    assert!(!r.text().contains(PASSWORD));
+}
+
+fn registered_token_carries_the_contract_claims_and_passes_the_edge(store: Store) {
+    let (g, _db) = start(store, "");
+    let mail = email();
+    let r = register(&g, &mail);
+    let token = token_of(&r);
+    let id = id_of(&r);
+    let claims: Value = {
+        let payload = token.split('.').nth(1).unwrap();
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    assert_eq!(claims["sub"], id.as_str());
+    assert_eq!(claims["email"], mail.as_str());
+    assert_eq!(claims["iss"], "portcullis");
+    assert_eq!(claims["aud"], "portcullis");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
+    assert!(uuid::Uuid::parse_str(claims["jti"].as_str().unwrap()).is_ok());
+
+    let ok = g.get(
+        &format!("/api/{id}/tasks/1"),
+        &[("Authorization", &bearer(&token))],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let seen = ok.seen();
+    assert_eq!(seen.one("x-user-id").as_deref(), Some(id.as_str()));
+    assert_eq!(seen.one("x-user-email").as_deref(), Some(mail.as_str()));
+    // The cookie alone works too.
+    let ok = g.get(
+        &format!("/api/{id}/tasks/1"),
+        &[("Cookie", &format!("pc_tok={token}"))],
+    );
+    assert_eq!(ok.status, 200);
+}
+
+fn duplicate_email_in_another_case_is_409_email_taken(store: Store) {
+    let (g, _db) = start(store, "");
+    let mail = email();
+    assert_eq!(register(&g, &mail).status, 201);
+    let again = register(&g, &format!(" {} ", mail.to_uppercase()));
+    assert_problem(&again, 409, "email_taken");
+    assert!(again.header("set-cookie").is_none());
+}
+
+fn signin_returns_200_with_the_same_shape(store: Store) {
+    let (g, _db) = start(store, "");
+    let mail = email();
+    let id = id_of(&register(&g, &mail));
+    let r = signin(&g, &mail.to_uppercase(), PASSWORD);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(id_of(&r), id);
+    assert_eq!(r.json()["token_type"], "Bearer");
+    assert_eq!(r.json()["expires_in"], 3600);
+    assert!(r.header("set-cookie").unwrap().contains("HttpOnly"));
+}
+
+fn wrong_password_and_unknown_email_get_the_identical_answer(store: Store) {
+    let (g, _db) = start(
+        store,
+        "[rate_limit]\nper_ip_per_minute = 1000\nfailed_signins_per_email_per_minute = 1000\n",
+    );
+    let mail = email();
+    register(&g, &mail);
+    let wrong = signin(&g, &mail, "not the password");
+    let unknown = signin(&g, &email(), PASSWORD);
+    assert_problem(&wrong, 401, "invalid_credentials");
+    assert_problem(&unknown, 401, "invalid_credentials");
+    assert_eq!(wrong.body, unknown.body);
+    assert_eq!(
+        wrong.header("www-authenticate"),
+        unknown.header("www-authenticate")
+    );
+
+    // Similar time: both pay one bcrypt. Medians of alternating tries, loosely bounded
+    // (a timing, on a shared machine).
+    let mut t_wrong = Vec::new();
+    let mut t_unknown = Vec::new();
+    for _ in 0..7 {
+        let s = Instant::now();
+        signin(&g, &mail, "not the password");
+        t_wrong.push(s.elapsed());
+        let s = Instant::now();
+        signin(&g, &email(), PASSWORD);
+        t_unknown.push(s.elapsed());
+    }
+    t_wrong.sort();
+    t_unknown.sort();
+    let ratio = t_unknown[3].as_secs_f64() / t_wrong[3].as_secs_f64();
+    eprintln!(
+        "signin timing {store:?}: wrong password median {:?}, unknown email median {:?}, ratio {ratio:.2}",
+        t_wrong[3], t_unknown[3]
+    );
+    assert!((0.5..2.0).contains(&ratio), "ratio {ratio}");
+}
+
+fn me_returns_the_profile_and_needs_a_token(store: Store) {
+    let (g, _db) = start(store, "");
+    let mail = email();
+    let r = register(&g, &mail);
+    let me = g.get(
+        "/api/v1/auth/me",
+        &[("Authorization", &bearer(&token_of(&r)))],
+    );
+    assert_eq!(me.status, 200, "{}", me.text());
+    let v = me.json();
+    assert_eq!(v["id"], id_of(&r).as_str());
+    assert_eq!(v["email"], mail.as_str());
+    assert!(v["created_at"].is_string() && v["updated_at"].is_string());
+    assert!(v.get("password_hash").is_none());
+    common::assert_401(&g.get("/api/v1/auth/me", &[]), "missing_token", false);
+    common::assert_401(
+        &g.get("/api/v1/auth/me", &[("Authorization", "Bearer nope")]),
+        "invalid_token",
+        true,
+    );
+}
+
+fn signout_revokes_the_presented_token_and_clears_the_cookie(store: Store) {
+    let (g, _db) = start(store, "");
+    let mail = email();
+    let r = register(&g, &mail);
+    let (token, id) = (token_of(&r), id_of(&r));
+    let other = token_of(&signin(&g, &mail, PASSWORD));
+
+    let out = g.raw(&request_bytes(
+        "POST",
+        "/api/v1/auth/signout",
+        &[("Authorization", &bearer(&token))],
+        None,
+    ));
+    assert_eq!(out.status, 204, "{}", out.text());
+    let cookie = out.header("set-cookie").unwrap();
+    assert!(
+        cookie.starts_with("pc_tok=;") && cookie.contains("Max-Age=0"),
+        "{cookie}"
+    );
+
+    let path = format!("/api/{id}/tasks/1");
+    common::assert_401(
+        &g.get(&path, &[("Authorization", &bearer(&token))]),
+        "token_revoked",
+        true,
+    );
+    common::assert_401(
+        &g.get("/api/v1/auth/me", &[("Authorization", &bearer(&token))]),
+        "token_revoked",
+        true,
+    );
+    // Another session of the same user is untouched.
+    assert_eq!(
+        g.get(&path, &[("Authorization", &bearer(&other))]).status,
+        200
+    );
+}
+
+fn signout_scope_all_revokes_every_token_and_a_new_signin_works(store: Store) {
+    let (g, _db) = start(store, "");
+    let mail = email();
+    let r = register(&g, &mail);
+    let id = id_of(&r);
+    let t1 = token_of(&r);
+    let t2 = token_of(&signin(&g, &mail, PASSWORD));
+    let out = g.raw(&request_bytes(
+        "POST",
+        "/api/v1/auth/signout?scope=all",
+        &[("Authorization", &bearer(&t1))],
+        None,
+    ));
+    assert_eq!(out.status, 204, "{}", out.text());
+    let path = format!("/api/{id}/tasks/1");
+    for t in [&t1, &t2] {
+        common::assert_401(
+            &g.get(&path, &[("Authorization", &bearer(t))]),
+            "token_revoked",
+            true,
+        );
+    }
+    // Signing in again, even within the same second, gives a token that works.
+    let t3 = token_of(&signin(&g, &mail, PASSWORD));
+    assert_eq!(g.get(&path, &[("Authorization", &bearer(&t3))]).status, 200);
+}
+
+fn signout_needs_a_valid_token(store: Store) {
+    let (g, _db) = start(store, "");
+    let r = g.raw(&request_bytes("POST", "/api/v1/auth/signout", &[], None));
+    common::assert_401(&r, "missing_token", false);
+    let r = g.raw(&request_bytes(
+        "POST",
+        "/api/v1/auth/signout?scope=everything",
+        &[("Authorization", "Bearer x")],
+        None,
+    ));
+    assert_problem(&r, 400, "bad_request");
+}
+
+fn bodies_are_checked_415_413_400_422(store: Store) {
+    let (g, _db) = start(store, "[rate_limit]\nper_ip_per_minute = 1000\n");
+    let url = "/api/v1/auth/register";
+    let body = json!({"email": email(), "password": PASSWORD}).to_string();
+    let r = g.raw(&request_bytes(
+        "POST",
+        url,
+        &[("Content-Type", "text/plain")],
+        Some(body.as_bytes()),
+    ));
+    assert_problem(&r, 415, "unsupported_media_type");
+    let r = g.raw(&request_bytes("POST", url, &[], Some(body.as_bytes())));
+    assert_problem(&r, 415, "unsupported_media_type");
+
+    let big =
+        json!({"email": email(), "password": PASSWORD, "pad": "x".repeat(17 * 1024)}).to_string();
+    let r = g.raw(&request_bytes(
+        "POST",
+        url,
+        &[("Content-Type", "application/json")],
+        Some(big.as_bytes()),
+    ));
+    assert_problem(&r, 413, "payload_too_large");
+
+    let r = g.raw(&request_bytes(
+        "POST",
+        url,
+        &[("Content-Type", "application/json")],
+        Some(b"{\"email\":"),
+    ));
+    assert_problem(&r, 400, "bad_request");
+
+    for (bad, field) in [
+        (
+            json!({"email": "not-an-email", "password": PASSWORD}),
+            "email",
+        ),
+        (json!({"email": email(), "password": "short"}), "password"),
+        (
+            json!({"email": email(), "password": "x".repeat(73)}),
+            "password",
+        ),
+        (json!({"email": 42, "password": PASSWORD}), "email"),
+        (json!({"password": PASSWORD}), "email"),
+        (json!({"email": email()}), "password"),
+    ] {
+        let r = post_json(&g, url, &bad, &[]);
+        let v = assert_problem(&r, 422, "validation_failed");
+        assert!(v["errors"][field].is_string(), "{bad} → {v}");
+        assert!(
+            !r.text().contains("xxxxxxxx"),
+            "the password is never echoed"
+        );
+    }
+    // 72 bytes is the limit, and allowed.
+    let r = post_json(
+        &g,
+        url,
+        &json!({"email": email(), "password": "y".repeat(72)}),
+        &[],
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+fn signin_and_register_are_rate_limited_per_ip(store: Store) {
+    let (g, _db) = start(store, "[rate_limit]\nper_ip_per_minute = 3\n");
+    for _ in 0..3 {
+        assert_ne!(signin(&g, &email(), PASSWORD).status, 429);
+    }
+    let r = register(&g, &email());
+    assert_problem(&r, 429, "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+}
+
+fn failed_signins_are_rate_limited_per_email(store: Store) {
+    let (g, _db) = start(
+        store,
+        "[rate_limit]\nper_ip_per_minute = 1000\nfailed_signins_per_email_per_minute = 2\n",
+    );
+    let mail = email();
+    register(&g, &mail);
+    for _ in 0..2 {
+        assert_problem(
+            &signin(&g, &mail, "wrong password!"),
+            401,
+            "invalid_credentials",
+        );
+    }
+    // Even the right password waits out the window: the guesser learns nothing.
+    let r = signin(&g, &mail, PASSWORD);
+    assert_problem(&r, 429, "rate_limited");
+    assert!(r.header("retry-after").is_some());
+    // Another email is not affected.
+    let other = email();
+    register(&g, &other);
+    assert_eq!(signin(&g, &other, PASSWORD).status, 200);
+}
+
+fn unknown_identity_paths_and_methods_are_404(store: Store) {
+    let (g, _db) = start(store, "");
+    assert_problem(&g.get("/api/v1/auth/nope", &[]), 404, "not_found");
+    assert_problem(&g.get("/api/v1/auth/signin", &[]), 404, "not_found");
+    assert_eq!(
+        g.up().proxied_count(),
+        0,
+        "identity paths are never proxied"
+    );
+}
+
+fn readyz_is_200_once_the_store_answers(store: Store) {
+    let (g, _db) = start(store, "");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = common::get(g.admin, "/readyz", &[]);
+        if r.status == 200 {
+            assert_eq!(r.json()["store"], true, "{}", r.text());
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready: {}", r.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn passwords_and_tokens_never_reach_the_logs(store: Store) {
+    let (g, _db) = start(store, "");
+    let mail = email();
+    let token = token_of(&register(&g, &mail));
+    signin(&g, &mail, PASSWORD);
+    signin(&g, &mail, "wrong-password-123");
+    g.get("/api/v1/auth/me", &[("Authorization", &bearer(&token))]);
+    let logs = g.stderr();
+    assert!(
+        logs.contains("\"status\":201"),
+        "the access log is there: {logs}"
+    );
+    for secret in [
+        PASSWORD,
+        "wrong-password-123",
+        token.as_str(),
+        common::SECRET,
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(super::Store::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(super::Store::Postgres) } )*
+        }
+    };
+}
+
+on_both_stores!(
+    register_returns_201_with_user_token_and_secure_cookie,
+    registered_token_carries_the_contract_claims_and_passes_the_edge,
+    duplicate_email_in_another_case_is_409_email_taken,
+    signin_returns_200_with_the_same_shape,
+    wrong_password_and_unknown_email_get_the_identical_answer,
+    me_returns_the_profile_and_needs_a_token,
+    signout_revokes_the_presented_token_and_clears_the_cookie,
+    signout_scope_all_revokes_every_token_and_a_new_signin_works,
+    signout_needs_a_valid_token,
+    bodies_are_checked_415_413_400_422,
+    signin_and_register_are_rate_limited_per_ip,
+    failed_signins_are_rate_limited_per_email,
+    unknown_identity_paths_and_methods_are_404,
+    readyz_is_200_once_the_store_answers,
+    passwords_and_tokens_never_reach_the_logs,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Postgres only: replicas, outages, migrate.
+
+/// Sign-out through one gateway is enforced by another on the same database within a second.
+#[test]
+fn revocation_reaches_another_replica_within_one_second() {
+    let db = Db::new(Store::Postgres);
+    let a = Gateway::start(&config(&db.url, ""), &[]);
+    let b = Gateway::start(&config(&db.url, ""), &[]);
+    let mail = email();
+    let r = register(&a, &mail);
+    let (token, id) = (token_of(&r), id_of(&r));
+    let path = format!("/api/{id}/tasks/1");
+    assert_eq!(
+        b.get(&path, &[("Authorization", &bearer(&token))]).status,
+        200
+    );
+
+    let out = a.raw(&request_bytes(
+        "POST",
+        "/api/v1/auth/signout",
+        &[("Authorization", &bearer(&token))],
+        None,
+    ));
+    assert_eq!(out.status, 204);
+    let signed_out = Instant::now();
+    loop {
+        let r = b.get(&path, &[("Authorization", &bearer(&token))]);
+        if r.status == 401 {
+            assert_eq!(r.json()["code"], "token_revoked");
+            break;
+        }
+        assert!(
+            signed_out.elapsed() < Duration::from_secs(1),
+            "replica B still accepts the token after {:?}",
+            signed_out.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("replica convergence: {:?}", signed_out.elapsed());
+}
+
+/// With the store unreachable the gateway starts, serves the edge, refuses identity fast
+/// with 503 and reports not ready.
+#[test]
+fn an_unreachable_store_leaves_the_edge_serving() {
+    let dead = common::dead_addr();
+    let url = format!("postgres://postgres:pw-never-shown@{dead}/nothing?sslmode=disable");
+    let g = Gateway::start(&config(&url, ""), &[]);
+    assert_eq!(common::get(g.admin, "/readyz", &[]).status, 503);
+    let sub = common::new_sub();
+    let ok = g.get(
+        &format!("/api/{sub}/tasks/1"),
+        &[("Authorization", &bearer(&common::token_for(&sub)))],
+    );
+    assert_eq!(ok.status, 200);
+    let started = Instant::now();
+    let r = register(&g, &email());
+    assert_problem(&r, 503, "service_unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !g.stderr().contains("pw-never-shown"),
+        "the password reached the logs"
+    );
+}
+
+#[test]
+fn migrate_applies_and_is_idempotent() {
+    let db = Db::new(Store::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nurl = \"{}\"\n[tokens]\nsecret_env = \"PORTCULLIS_TEST_SECRET\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let out = std::process::Command::new(common::bin())
+            .args(["migrate", "--config"])
+            .arg(&cfg)
+            .env("PORTCULLIS_TEST_SECRET", common::SECRET)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
