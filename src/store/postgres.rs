@@ -5,7 +5,7 @@
 //!   scaled to zero) at start is not a configuration error; requests see
 //!   [`StoreError::Unavailable`] until it answers.
 //! - Every statement is sent unnamed (`query_typed*` / `execute_typed` / `simple_query`: Parse
-//!   with the empty statement name, explicit parameter types, no Describe round trip), never a
+//!   with the empty statement name and explicit parameter types, all in one round trip), never a
 //!   named prepared statement, so the store also works through Neon's pooler (PgBouncer in
 //!   transaction mode). Only built-in column types are read, so tokio-postgres never has to
 //!   look a type up (which would prepare a named statement).
