@@ -519,32 +519,33 @@ fn upstreams(p: &mut Problems, raw: &[file::Upstream]) -> Vec<Upstream> {
 fn routes(p: &mut Problems, raw: &[file::Route], upstreams: &[Upstream]) -> RouteTable {
     let mut table = RouteTable::default();
     for r in raw {
+        // Every problem of a route is reported, not only the first: a route with a problem
+        // still goes into the table (the config is refused anyway) so that conflicts with the
+        // routes after it are found too.
         let at = format!("route `{}`", r.path);
-        let Some(upstream) = upstreams.iter().position(|u| u.name == r.upstream) else {
+        let upstream = upstreams.iter().position(|u| u.name == r.upstream);
+        if upstream.is_none() {
             p.add(format!("{at}: upstream `{}` is not defined", r.upstream));
-            continue;
-        };
-        let Some(access) = Access::from_name(&r.auth) else {
+        }
+        let access = Access::from_name(&r.auth);
+        if access.is_none() {
             p.add(format!(
                 "{at}: auth `{}` must be public, optional or required",
                 r.auth
             ));
-            continue;
-        };
-        if r.owner.is_some() && access != Access::Required {
+        }
+        if r.owner.is_some() && access.is_some_and(|a| a != Access::Required) {
             p.add(format!("{at}: owner needs auth = \"required\""));
-            continue;
         }
         if crate::path::normalise(&r.path.replace(['{', '}', '*'], "")).is_err() {
             p.add(format!(
                 "{at}: the path is not canonical (no `..`, `\\`, `%2F`, `//`)"
             ));
-            continue;
         }
         if let Err(e) = table.add(Route {
             pattern: r.path.clone(),
-            upstream,
-            access,
+            upstream: upstream.unwrap_or(usize::MAX),
+            access: access.unwrap_or(Access::Required),
             owner: r.owner.clone(),
             forward_token: r.forward_token,
         }) {
@@ -639,6 +640,20 @@ owner = "user_id"
         );
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(e.iter().all(|l| !l.contains('\n')));
+    }
+
+    #[test]
+    fn every_problem_of_one_route_is_reported() {
+        let e = problems(
+            "[[route]]\npath = \"/x/{id}\"\nupstream = \"nope\"\nauth = \"public\"\nowner = \"id\"\n\
+             [[route]]\npath = \"/x/{other}\"\nupstream = \"app\"\nauth = \"public\"\n\
+             [[route]]\npath = \"/y/{id}\"\nupstream = \"gone\"\nauth = \"required\"\nowner = \"user\"\n",
+        );
+        assert!(e.iter().any(|l| l.contains("upstream `nope`")), "{e:?}");
+        assert!(e.iter().any(|l| l.contains("owner needs")), "{e:?}");
+        assert!(e.iter().any(|l| l.contains("duplicates")), "{e:?}");
+        assert!(e.iter().any(|l| l.contains("upstream `gone`")), "{e:?}");
+        assert!(e.iter().any(|l| l.contains("owner `user`")), "{e:?}");
     }
 
     #[test]
