@@ -61,44 +61,33 @@ pub fn email_password(body: &[u8]) -> Result<EmailPassword, Problem> {
     })?;
 
     let mut errors = BTreeMap::new();
-    let email = match raw.email {
-        Some(Value::String(s)) => match check_email(&s) {
-            Ok(e) => Some(e),
-            Err(why) => {
-                errors.insert("email".to_owned(), why.to_owned());
-                None
-            }
-        },
-        Some(_) => {
-            errors.insert("email".to_owned(), "must be a string".to_owned());
-            None
-        }
-        None => {
-            errors.insert("email".to_owned(), "is required".to_owned());
-            None
-        }
-    };
-    let password = match raw.password {
-        Some(Value::String(s)) => match check_password(&s) {
-            Ok(()) => Some(s.into_bytes()),
-            Err(why) => {
-                errors.insert("password".to_owned(), why.to_owned());
-                None
-            }
-        },
-        Some(_) => {
-            errors.insert("password".to_owned(), "must be a string".to_owned());
-            None
-        }
-        None => {
-            errors.insert("password".to_owned(), "is required".to_owned());
-            None
-        }
-    };
+    let email = string_field(&mut errors, "email", raw.email, check_email);
+    let password = string_field(&mut errors, "password", raw.password, |p| {
+        check_password(p).map(|()| p.as_bytes().to_vec())
+    });
     match (email, password) {
         (Some(email), Some(password)) if errors.is_empty() => Ok(EmailPassword { email, password }),
         _ => Err(Problem::new(Code::ValidationFailed).field_errors(errors)),
     }
+}
+
+/// A required string field, checked; on failure its reason goes into `errors`.
+fn string_field<T>(
+    errors: &mut BTreeMap<String, String>,
+    name: &str,
+    value: Option<Value>,
+    check: impl FnOnce(&str) -> Result<T, &'static str>,
+) -> Option<T> {
+    let why = match value {
+        Some(Value::String(s)) => match check(&s) {
+            Ok(v) => return Some(v),
+            Err(why) => why,
+        },
+        Some(_) => "must be a string",
+        None => "is required",
+    };
+    errors.insert(name.to_owned(), why.to_owned());
+    None
 }
 
 fn invalid(field: &str, why: &str) -> Problem {

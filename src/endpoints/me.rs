@@ -1,19 +1,10 @@
 //! `GET /me` → 200 `{"id","email","created_at","updated_at"}` for the token's user.
 
-use super::{Identity, Reply, Request, UserBody, json, now, store_problem};
+use super::{Identity, Reply, Request, UserBody, authenticated_user, json, store_problem};
 use crate::problem::{Code, Problem};
 
 pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
-    let Some(token) = req.token else {
-        return Err(Problem::new(Code::MissingToken));
-    };
-    let who = id
-        .auth
-        .authenticate(token, now())
-        .map_err(|code| Problem::new(code).token_presented(true))?;
-    let Some(user_id) = who.user_uuid else {
-        return Err(Problem::new(Code::Forbidden).detail("This token was not issued here"));
-    };
+    let (_, user_id) = authenticated_user(id, &req)?;
     let user = id
         .store
         .user_by_id(user_id)

@@ -237,6 +237,39 @@ pub fn response(reply: &Reply) -> (ResponseHeader, Bytes) {
     (head, body)
 }
 
+/// The common start of register and signin: the per-IP limit, a JSON body with valid
+/// credentials, and the per-email limit. Returns the credentials and the email's limit key.
+fn credentials_request(
+    id: &Identity,
+    req: &Request<'_>,
+) -> Result<(body::EmailPassword, String), Problem> {
+    id.per_ip.hit(&req.client_ip).map_err(rate_limited)?;
+    body::require_json(req.content_type)?;
+    let input = body::email_password(&req.body)?;
+    let email_key = input.email.to_ascii_lowercase();
+    id.failed_per_email
+        .check(&email_key)
+        .map_err(rate_limited)?;
+    Ok((input, email_key))
+}
+
+/// The caller of signout and me: a valid, unrevoked token of one of our users.
+fn authenticated_user(
+    id: &Identity,
+    req: &Request<'_>,
+) -> Result<(crate::tokens::Verified, uuid::Uuid), Problem> {
+    let token = req.token.ok_or_else(|| Problem::new(Code::MissingToken))?;
+    let who = id
+        .auth
+        .authenticate(token, now())
+        .map_err(|code| Problem::new(code).token_presented(true))?;
+    // An external issuer's token: nothing of ours to sign out of or to show.
+    let user = who
+        .user_uuid
+        .ok_or_else(|| Problem::new(Code::Forbidden).detail("This token was not issued here"))?;
+    Ok((who, user))
+}
+
 /// Unix seconds now.
 fn now() -> u64 {
     u64::try_from(crate::revocation::unix_now()).unwrap_or(0)

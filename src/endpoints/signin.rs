@@ -3,18 +3,12 @@
 //! password is checked against a dummy hash when there is no user.
 
 use super::{
-    Identity, Reply, Request, body, now, pool_problem, rate_limited, session_reply, store_problem,
+    Identity, Reply, Request, credentials_request, now, pool_problem, session_reply, store_problem,
 };
 use crate::problem::{Code, Problem};
 
 pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
-    id.per_ip.hit(&req.client_ip).map_err(rate_limited)?;
-    body::require_json(req.content_type)?;
-    let input = body::email_password(&req.body)?;
-    let email_key = input.email.to_ascii_lowercase();
-    id.failed_per_email
-        .check(&email_key)
-        .map_err(rate_limited)?;
+    let (input, email_key) = credentials_request(id, &req)?;
 
     let found = id
         .store

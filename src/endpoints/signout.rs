@@ -2,7 +2,7 @@
 //! within a second) and the cookie cleared. `?scope=all` revokes every token of the user
 //! issued up to now.
 
-use super::{Identity, Reply, Request, now, store_problem};
+use super::{Identity, Reply, Request, authenticated_user, now, store_problem};
 use crate::problem::{Code, Problem};
 use crate::store::Revocation;
 
@@ -16,17 +16,7 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
             );
         }
     };
-    let Some(token) = req.token else {
-        return Err(Problem::new(Code::MissingToken));
-    };
-    let who = id
-        .auth
-        .authenticate(token, now())
-        .map_err(|code| Problem::new(code).token_presented(true))?;
-    let Some(user) = who.user_uuid else {
-        // Not one of our users (an external issuer's token): nothing here to sign out of.
-        return Err(Problem::new(Code::Forbidden).detail("This token was not issued here"));
-    };
+    let (who, user) = authenticated_user(id, &req)?;
     let leeway = i64::try_from(id.auth.keys.leeway_secs).unwrap_or(0);
     let now = i64::try_from(now()).unwrap_or(i64::MAX);
     let revocation = if all {
