@@ -135,6 +135,7 @@ auth = "public"
         }),
         cookie_name: conf.cookie.name,
         identity: None,
+        in_flight: std::sync::Arc::default(),
     };
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod echo;
 pub mod endpoints;
 pub mod identity;
@@ -102,6 +103,7 @@ pub fn build(config: Config) -> Result<Server, String> {
         trusted_proxies: ratelimit::TrustedProxies::parse(&config.rate_limit.trusted_proxies),
     });
 
+    let in_flight = Arc::new(drain::InFlight::default());
     let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
     let gateway = proxy::Gateway {
         routes: config.routes,
@@ -109,6 +111,7 @@ pub fn build(config: Config) -> Result<Server, String> {
         auth,
         cookie_name: config.cookie.name,
         identity: Some(identity),
+        in_flight: Arc::clone(&in_flight),
     };
 
     let mut edge = pingora::proxy::http_proxy_service(&server.configuration, gateway);
@@ -139,6 +142,10 @@ pub fn build(config: Config) -> Result<Server, String> {
     server.add_service(edge);
     server.add_service(admin);
     server.add_service(sync);
+    server.add_service(pingora::services::background::background_service(
+        "drain",
+        drain::Drain { in_flight },
+    ));
     for check in health_checks {
         server.add_service(check);
     }

@@ -2163,6 +2163,53 @@ fn sigterm_finishes_in_flight_requests_and_exits_0() {
     );
 }
 
+#[test]
+fn sigterm_on_an_idle_gateway_exits_0_without_waiting_out_the_grace_period() {
+    // grace_period_secs defaults to 10: with nothing in flight the gateway must not wait it out.
+    let mut gw = hs_gateway();
+    assert_eq!(gw.get("/public/x", &[]).status, 200);
+    let started = Instant::now();
+    let status = gw
+        .terminate(Duration::from_secs(20))
+        .expect("portcullis must exit after SIGTERM");
+    assert!(status.success(), "exit 0, got {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "an idle gateway took {:?} to stop",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn sigint_drains_like_sigterm() {
+    let mut gw = hs_gateway();
+    let addr = gw.addr;
+    let inflight =
+        std::thread::spawn(move || get(addr, "/public/slow", &[("x-test-delay-ms", "800")]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.up().proxied_count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "slow request never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &gw.pid().to_string()])
+        .status();
+    let r = inflight.join().unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "the in-flight request must finish: {}",
+        r.text()
+    );
+    let status = gw
+        .terminate(Duration::from_secs(20))
+        .expect("portcullis must exit after SIGINT");
+    assert!(status.success(), "exit 0, got {status}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // more credential and framing edge cases
 // ---------------------------------------------------------------------------------------------

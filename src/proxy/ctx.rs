@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use http::HeaderValue;
 
+use crate::drain::InFlightGuard;
 use crate::problem::Code;
 use crate::tokens::Verified;
 
@@ -19,6 +20,8 @@ pub struct RequestCtx {
     pub forward_token: bool,
     /// The problem code the gateway answered with, for the access log.
     pub rejection: Option<Code>,
+    /// Counts this request as in flight until it ends (graceful shutdown waits for it).
+    pub in_flight: Option<InFlightGuard>,
 }
 
 impl RequestCtx {
@@ -30,6 +33,7 @@ impl RequestCtx {
             identity: None,
             forward_token: false,
             rejection: None,
+            in_flight: None,
         }
     }
 }

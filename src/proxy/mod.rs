@@ -36,6 +36,8 @@ pub struct Gateway {
     pub cookie_name: String,
     /// The identity endpoints, when the gateway serves them.
     pub identity: Option<Arc<Identity>>,
+    /// Requests in flight, for graceful shutdown.
+    pub in_flight: Arc<crate::drain::InFlight>,
 }
 
 /// What the gateway does with a request after looking at its header.
@@ -317,7 +319,9 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.in_flight = Some(self.in_flight.enter());
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
