@@ -130,7 +130,7 @@ auth = "public"
         routes: conf.routes,
         upstreams,
         auth: std::sync::Arc::new(portcullis::tokens::Authenticator {
-            keys: std::sync::Arc::new(conf.keys),
+            keys: conf.keys,
             revocations: std::sync::Arc::default(),
         }),
         cookie_name: conf.cookie.name,

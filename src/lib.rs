@@ -35,7 +35,7 @@ use crate::config::Config;
 
 /// Builds the Pingora server for a validated config: the edge proxy, the admin listener and the
 /// background services. Binding happens when it runs.
-pub fn build(config: Config) -> Result<Server, String> {
+pub fn build(mut config: Config) -> Result<Server, String> {
     let conf = ServerConf {
         threads: config.threads,
         // Stop accepting at once, give in-flight requests the grace period, then stop.
@@ -47,34 +47,14 @@ pub fn build(config: Config) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let keys = Arc::new(config.keys);
+    let keys = Arc::clone(&config.keys);
     let revocations = Arc::new(revocation::Revocations::default());
     let auth = Arc::new(tokens::Authenticator {
         keys: Arc::clone(&keys),
         revocations: Arc::clone(&revocations),
     });
 
-    // The store: opened without connecting; migrated now when it answers, else by the sync
-    // service once it does. The edge starts either way.
-    let opened = store::open(&config.store.url)?;
-    let health = Arc::new(store::StoreHealth::default());
-    if config.store.auto_migrate {
-        match migrate_now(&opened, MIGRATE_AT_START_WITHIN) {
-            Ok(()) => {
-                health
-                    .migrated
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                health.set_up(true);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "store not reachable at start; serving the edge and retrying");
-            }
-        }
-    } else {
-        health
-            .migrated
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+    let (opened, health) = start_store(&config.store)?;
     let sync = pingora::services::background::background_service(
         "revocation sync",
         revocation::RevocationSync {
@@ -88,47 +68,21 @@ pub fn build(config: Config) -> Result<Server, String> {
             health: Arc::clone(&health),
         },
     );
-    let identity = Arc::new(endpoints::Identity {
-        prefix: config.identity_prefix,
-        store: opened.store,
-        health: Arc::clone(&health),
-        passwords: password::PasswordPool::for_machine(config.bcrypt_cost),
-        issuer: tokens::issue::TokenIssuer::new(&config.tokens)?,
-        auth: Arc::clone(&auth),
-        cookie: config.cookie.clone(),
-        per_ip: ratelimit::Limiter::new(config.rate_limit.per_ip_per_minute),
-        failed_per_email: ratelimit::Limiter::new(
-            config.rate_limit.failed_signins_per_email_per_minute,
-        ),
-        trusted_proxies: ratelimit::TrustedProxies::parse(&config.rate_limit.trusted_proxies),
-    });
+    let identity = Arc::new(identity_endpoints(&config, opened.store, &health, &auth)?);
 
     let in_flight = Arc::new(drain::InFlight::default());
     let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
     let gateway = proxy::Gateway {
-        routes: config.routes,
+        routes: std::mem::take(&mut config.routes),
         upstreams,
         auth,
-        cookie_name: config.cookie.name,
+        cookie_name: config.cookie.name.clone(),
         identity: Some(identity),
         in_flight: Arc::clone(&in_flight),
     };
 
     let mut edge = pingora::proxy::http_proxy_service(&server.configuration, gateway);
-    let listen = config.listen.to_string();
-    match &config.tls {
-        None => edge.add_tcp(&listen),
-        Some(tls) => {
-            let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
-                &path(&tls.cert_file),
-                &path(&tls.key_file),
-            )
-            .map_err(|e| format!("server.tls: {e}"))?;
-            settings.enable_h2();
-            edge.add_tls_with_settings(&listen, None, settings);
-        }
-    }
+    add_edge_listener(&mut edge, &config)?;
 
     let mut admin = Service::new(
         "admin".to_owned(),
@@ -150,6 +104,71 @@ pub fn build(config: Config) -> Result<Server, String> {
         server.add_service(check);
     }
     Ok(server)
+}
+
+/// Opens the store without connecting and migrates it now when it answers; otherwise the sync
+/// service migrates it once it does. The edge starts either way.
+fn start_store(conf: &config::Store) -> Result<(store::Opened, Arc<store::StoreHealth>), String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let opened = store::open(&conf.url)?;
+    let health = Arc::new(store::StoreHealth::default());
+    if !conf.auto_migrate {
+        health.migrated.store(true, Relaxed);
+        return Ok((opened, health));
+    }
+    match migrate_now(&opened, MIGRATE_AT_START_WITHIN) {
+        Ok(()) => {
+            health.migrated.store(true, Relaxed);
+            health.set_up(true);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "store not reachable at start; serving the edge and retrying");
+        }
+    }
+    Ok((opened, health))
+}
+
+fn identity_endpoints(
+    config: &Config,
+    store: store::SharedStore,
+    health: &Arc<store::StoreHealth>,
+    auth: &Arc<tokens::Authenticator>,
+) -> Result<endpoints::Identity, String> {
+    let limits = &config.rate_limit;
+    Ok(endpoints::Identity {
+        prefix: config.identity_prefix.clone(),
+        store,
+        health: Arc::clone(health),
+        passwords: password::PasswordPool::for_machine(config.bcrypt_cost),
+        issuer: tokens::issue::TokenIssuer::new(&config.tokens)?,
+        auth: Arc::clone(auth),
+        cookie: config.cookie.clone(),
+        per_ip: ratelimit::Limiter::new(limits.per_ip_per_minute),
+        failed_per_email: ratelimit::Limiter::new(limits.failed_signins_per_email_per_minute),
+        trusted_proxies: ratelimit::TrustedProxies::parse(&limits.trusted_proxies),
+    })
+}
+
+/// The public listener: plain TCP, or TLS (rustls) offering HTTP/2 by ALPN.
+fn add_edge_listener(
+    edge: &mut pingora::services::listening::Service<pingora::proxy::HttpProxy<proxy::Gateway>>,
+    config: &Config,
+) -> Result<(), String> {
+    let listen = config.listen.to_string();
+    match &config.tls {
+        None => edge.add_tcp(&listen),
+        Some(tls) => {
+            let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
+                &path(&tls.cert_file),
+                &path(&tls.key_file),
+            )
+            .map_err(|e| format!("server.tls: {e}"))?;
+            settings.enable_h2();
+            edge.add_tls_with_settings(&listen, None, settings);
+        }
+    }
+    Ok(())
 }
 
 /// How long `serve` waits for the store to take its migrations before serving without it.

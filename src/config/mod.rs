@@ -26,7 +26,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub store: Store,
     pub tokens: Tokens,
-    pub keys: KeySet,
+    /// Shared with the edge, the endpoints and the admin listener.
+    pub keys: std::sync::Arc<KeySet>,
     pub cookie: Cookie,
     pub rate_limit: file::RateLimit,
     pub bcrypt_cost: u32,
@@ -209,7 +210,7 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
                 tls,
                 store,
                 tokens,
-                keys,
+                keys: std::sync::Arc::new(keys),
                 cookie,
                 rate_limit: raw.rate_limit,
                 bcrypt_cost: raw.password.bcrypt_cost,
