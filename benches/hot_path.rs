@@ -134,6 +134,7 @@ auth = "public"
             revocations: std::sync::Arc::default(),
         }),
         cookie_name: conf.cookie.name,
+        cors: conf.cors,
         identity: None,
         in_flight: std::sync::Arc::default(),
     };

@@ -2,6 +2,10 @@
 //! and body it received, as JSON. The demo puts it behind the gateway; the tests use it to see
 //! exactly what crossed the edge. Not a general web server: keep-alive and Content-Length or
 //! chunked bodies, nothing more.
+//!
+//! One exception: `GET /app/` and `GET /app/index.html` (query ignored) answer the static page
+//! of `e2e/app/index.html`, a plain-JS client of the identity endpoints that the browser test
+//! drives. Every other request, `/app/...` included, is echoed.
 
 use std::net::SocketAddr;
 
@@ -11,6 +15,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
+
+/// The browser test's page, served at `/app/` and `/app/index.html`.
+pub const APP_PAGE: &str = include_str!("../e2e/app/index.html");
+
+/// Whether a request gets [`APP_PAGE`] instead of the echo.
+fn is_app_page(method: &str, target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    matches!(method, "GET" | "HEAD") && matches!(path, "/app/" | "/app/index.html")
+}
 
 #[derive(Serialize)]
 struct Echo<'a> {
@@ -86,9 +99,30 @@ async fn connection(stream: TcpStream) -> std::io::Result<()> {
             reader.read_exact(&mut b).await?;
             b
         };
+        let method = req.method.unwrap_or("");
+        let target = req.path.unwrap_or("");
+        let connection = if close { "connection: close\r\n" } else { "" };
+        if is_app_page(method, target) {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\n\
+                 content-length: {}\r\ncache-control: no-store\r\n\
+                 content-security-policy: default-src 'none'; script-src 'unsafe-inline'; \
+                 style-src 'unsafe-inline'; connect-src 'self'\r\n{connection}\r\n",
+                APP_PAGE.len()
+            )
+            .into_bytes();
+            if method != "HEAD" {
+                out.extend_from_slice(APP_PAGE.as_bytes());
+            }
+            reader.get_mut().write_all(&out).await?;
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
         let echo = Echo {
-            method: req.method.unwrap_or(""),
-            path: req.path.unwrap_or(""),
+            method,
+            path: target,
             headers: req
                 .headers
                 .iter()
@@ -98,9 +132,8 @@ async fn connection(stream: TcpStream) -> std::io::Result<()> {
         };
         let json = serde_json::to_vec(&echo).unwrap_or_default();
         let mut out = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n",
             json.len(),
-            if close { "connection: close\r\n" } else { "" }
         )
         .into_bytes();
         out.extend_from_slice(&json);

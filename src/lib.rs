@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod drain;
 pub mod echo;
@@ -77,6 +78,7 @@ pub fn build(mut config: Config) -> Result<Server, String> {
         upstreams,
         auth,
         cookie_name: config.cookie.name.clone(),
+        cors: config.cors.clone(),
         identity: Some(identity),
         in_flight: Arc::clone(&in_flight),
     };

@@ -20,6 +20,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub identity: Identity,
     #[serde(default)]
+    pub cors: Cors,
+    #[serde(default)]
     pub upstream: Vec<Upstream>,
     #[serde(default)]
     pub route: Vec<Route>,
@@ -173,6 +175,26 @@ impl Default for Identity {
     fn default() -> Self {
         Self {
             prefix: "/api/v1/auth".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cors {
+    /// Frontend origins allowed to call the gateway with credentials (exact, no wildcards).
+    pub allowed_origins: Vec<String>,
+    /// Request headers a preflight allows (default: authorization, content-type, x-request-id).
+    pub allowed_headers: Vec<String>,
+    pub max_age_secs: u64,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_headers: Vec::new(),
+            max_age_secs: 600,
         }
     }
 }

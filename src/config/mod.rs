@@ -32,6 +32,7 @@ pub struct Config {
     pub rate_limit: file::RateLimit,
     pub bcrypt_cost: u32,
     pub identity_prefix: String,
+    pub cors: crate::cors::CorsPolicy,
     pub upstreams: Vec<Upstream>,
     pub routes: RouteTable,
     pub issuers: Vec<file::Issuer>,
@@ -194,6 +195,13 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
             raw.identity.prefix
         ));
     }
+    let cors = crate::cors::CorsPolicy::new(
+        &raw.cors.allowed_origins,
+        &raw.cors.allowed_headers,
+        raw.cors.max_age_secs,
+    )
+    .map_err(|e| p.add(e))
+    .unwrap_or_default();
     let upstreams = upstreams(&mut p, &raw.upstream);
     let routes = routes(&mut p, &raw.route, &upstreams);
     issuers(&mut p, &raw.issuer);
@@ -215,6 +223,7 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
                 rate_limit: raw.rate_limit,
                 bcrypt_cost: raw.password.bcrypt_cost,
                 identity_prefix: prefix,
+                cors,
                 upstreams,
                 routes,
                 issuers: raw.issuer,

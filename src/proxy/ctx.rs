@@ -20,6 +20,8 @@ pub struct RequestCtx {
     pub forward_token: bool,
     /// The problem code the gateway answered with, for the access log.
     pub rejection: Option<Code>,
+    /// The request's `Origin` when it is an allowed frontend: responses are made readable to it.
+    pub cors_origin: Option<HeaderValue>,
     /// Counts this request as in flight until it ends (graceful shutdown waits for it).
     pub in_flight: Option<InFlightGuard>,
 }
@@ -34,6 +36,7 @@ impl RequestCtx {
             forward_token: false,
             rejection: None,
             in_flight: None,
+            cors_origin: None,
         }
     }
 }

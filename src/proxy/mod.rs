@@ -17,6 +17,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use ctx::RequestCtx;
 
+use crate::cors::{CorsPolicy, Verdict};
 use crate::endpoints::{self, Endpoint, Identity, MAX_BODY_BYTES};
 use crate::identity::{self, Credential, X_REQUEST_ID};
 use crate::path;
@@ -34,6 +35,8 @@ pub struct Gateway {
     pub upstreams: Vec<Upstream>,
     pub auth: Arc<Authenticator>,
     pub cookie_name: String,
+    /// CORS for configured frontends and the CSRF (Origin) check.
+    pub cors: CorsPolicy,
     /// The identity endpoints, when the gateway serves them.
     pub identity: Option<Arc<Identity>>,
     /// Requests in flight, for graceful shutdown.
@@ -106,10 +109,28 @@ impl Gateway {
         if path == JWKS_PATH {
             return self.jwks(ctx);
         }
+        // Cross-origin: preflights answered here, cross-site unsafe cookie requests refused.
+        ctx.cors_origin = self.cors.allowed_origin(req);
+        let credential = identity::credential(req, &self.cookie_name);
+        let cookie_auth = matches!(credential, Credential::Token(_, identity::Source::Cookie));
+        let endpoint = self
+            .identity
+            .as_ref()
+            .and_then(|i| i.route(&req.method, path));
+        match self.cors.check(req, cookie_auth, endpoint.is_some()) {
+            Verdict::Pass => {}
+            Verdict::Preflight => {
+                let mut head = ResponseHeader::build(204, Some(6)).expect("204 is valid");
+                self.cors.preflight_headers(req, &mut head);
+                let _ = head.insert_header("content-length", "0");
+                return Decision::Respond(Box::new(head), Bytes::new());
+            }
+            Verdict::Refuse(why) => {
+                return Decision::problem(ctx, &Problem::new(Code::Forbidden).detail(why));
+            }
+        }
         // The identity endpoints come before the route table: no route can shadow them.
-        if let Some(identity) = &self.identity
-            && let Some(endpoint) = identity.route(&req.method, path)
-        {
+        if let Some(endpoint) = endpoint {
             return match endpoint {
                 Ok(endpoint) => Decision::Identity(endpoint),
                 Err(p) => Decision::problem(ctx, &p),
@@ -128,7 +149,7 @@ impl Gateway {
         }
 
         // 4. The credential, 5. its verification, 6. the route's policy.
-        let token = match identity::credential(req, &self.cookie_name) {
+        let token = match credential {
             Credential::Token(t, _) => t,
             Credential::None if route.access == Access::Optional => return Decision::Proxy,
             Credential::None => return Decision::problem(ctx, &Problem::new(Code::MissingToken)),
@@ -288,6 +309,9 @@ async fn respond(
     if let Some(id) = &ctx.request_id {
         let _ = head.insert_header(X_REQUEST_ID.clone(), id.clone());
     }
+    if let Some(origin) = &ctx.cors_origin {
+        crate::cors::decorate(&mut head, origin.clone());
+    }
     // A request body we never read would be taken for the next request: close instead.
     if !session.is_body_empty() {
         session.set_keepalive(None);
@@ -380,6 +404,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(id) = &ctx.request_id {
             let _ = response.insert_header(X_REQUEST_ID.clone(), id.clone());
+        }
+        if let Some(origin) = &ctx.cors_origin {
+            crate::cors::decorate(response, origin.clone());
         }
         Ok(())
     }
