@@ -64,6 +64,141 @@ pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+fn seconds_buckets() -> Vec<f64> {
+    vec![
+        0.000_001,
+        0.000_002_5,
+        0.000_005,
+        0.000_01,
+        0.000_025,
+        0.000_05,
+        0.000_1,
+        0.000_25,
+        0.000_5,
+        0.001,
+        0.002_5,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+    ]
+}
+
+/// Time one token verification (signature, claims, revocation) takes, by outcome.
+pub static TOKEN_VERIFY_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_token_verification_duration_seconds",
+                "Time one token verification takes, by outcome (valid or a problem code)",
+            )
+            .buckets(seconds_buckets()),
+            &["outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Time from choosing the upstream to its response header, by route pattern.
+pub static UPSTREAM_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_upstream_duration_seconds",
+                "Time from choosing the upstream to its response header, by route pattern",
+            )
+            .buckets(seconds_buckets()),
+            &["route"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Connections to upstreams by whether a pooled connection was reused.
+pub static UPSTREAM_CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_connections_total",
+                "Upstream connections used, by whether a pooled one was reused",
+            ),
+            &["reused"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Identity endpoint answers, by endpoint and status.
+pub static IDENTITY_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "portcullis_identity_requests_total",
+                "Identity endpoint answers, by endpoint and status",
+            ),
+            &["endpoint", "status"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// bcrypt jobs waiting or running.
+pub static PASSWORD_QUEUE_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "portcullis_password_queue_depth",
+            "bcrypt jobs queued or running",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Time a bcrypt job waited in the queue before a worker took it.
+pub static PASSWORD_WAIT_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_password_queue_wait_seconds",
+                "Time a bcrypt job waited for a worker",
+            )
+            .buckets(seconds_buckets()),
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// bcrypt jobs refused because the queue was full or the wait ran out.
+pub static PASSWORD_REFUSED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new(
+            "portcullis_password_refused_total",
+            "bcrypt jobs refused (queue full or wait exceeded): answered 503",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// The store's connection pool (Postgres): connections by state, and waiters.
+pub static STORE_POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "portcullis_store_pool_connections",
+                "Store pool connections by state (idle, in_use, max) and callers waiting (waiting)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Entries in the in-memory revocation snapshot.
 pub static REVOKED_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
     register(
@@ -104,6 +239,14 @@ pub fn init() {
     LazyLock::force(&REQUEST_SECONDS);
     LazyLock::force(&REVOKED_ENTRIES);
     LazyLock::force(&STORE_UP);
+    LazyLock::force(&TOKEN_VERIFY_SECONDS);
+    LazyLock::force(&UPSTREAM_SECONDS);
+    LazyLock::force(&UPSTREAM_CONNECTIONS);
+    LazyLock::force(&IDENTITY_REQUESTS);
+    LazyLock::force(&PASSWORD_QUEUE_DEPTH);
+    LazyLock::force(&PASSWORD_WAIT_SECONDS);
+    LazyLock::force(&PASSWORD_REFUSED);
+    LazyLock::force(&STORE_POOL);
 }
 
 /// The Prometheus text exposition of every metric.

@@ -22,11 +22,13 @@ pub enum PoolError {
 
 enum Job {
     Hash {
+        enqueued: std::time::Instant,
         password: Vec<u8>,
         cost: u32,
         reply: oneshot::Sender<Result<String, PoolError>>,
     },
     Verify {
+        enqueued: std::time::Instant,
         password: Vec<u8>,
         hash: Arc<str>,
         reply: oneshot::Sender<Result<bool, PoolError>>,
@@ -93,6 +95,7 @@ impl PasswordPool {
     pub async fn hash(&self, password: &[u8]) -> Result<String, PoolError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Job::Hash {
+            enqueued: std::time::Instant::now(),
             password: password.to_vec(),
             cost: self.cost,
             reply,
@@ -107,6 +110,7 @@ impl PasswordPool {
         let known = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| Arc::clone(&self.dummy_hash), Arc::from);
         self.submit(Job::Verify {
+            enqueued: std::time::Instant::now(),
             password: password.to_vec(),
             hash,
             reply,
@@ -116,13 +120,19 @@ impl PasswordPool {
     }
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {
-        self.queue_depth
+        let depth = self
+            .queue_depth
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::PASSWORD_QUEUE_DEPTH.set(i64::try_from(depth + 1).unwrap_or(i64::MAX));
         match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queue_depth
+                let depth = self
+                    .queue_depth
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::PASSWORD_QUEUE_DEPTH
+                    .set(i64::try_from(depth - 1).unwrap_or(i64::MAX));
+                crate::metrics::PASSWORD_REFUSED.inc();
                 Err(PoolError::Saturated)
             }
         }
@@ -132,7 +142,10 @@ impl PasswordPool {
         match tokio::time::timeout(self.max_wait, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PoolError::Failed),
-            Err(_) => Err(PoolError::Saturated),
+            Err(_) => {
+                crate::metrics::PASSWORD_REFUSED.inc();
+                Err(PoolError::Saturated)
+            }
         }
     }
 }
@@ -148,10 +161,12 @@ fn worker(rx: &std::sync::Mutex<Receiver<Job>>, depth: &std::sync::atomic::Atomi
         };
         match job {
             Job::Hash {
+                enqueued,
                 password,
                 cost,
                 reply,
             } => {
+                crate::metrics::PASSWORD_WAIT_SECONDS.observe(enqueued.elapsed().as_secs_f64());
                 // A caller that gave up waiting no longer needs the work.
                 if !reply.is_closed() {
                     let _ =
@@ -159,17 +174,20 @@ fn worker(rx: &std::sync::Mutex<Receiver<Job>>, depth: &std::sync::atomic::Atomi
                 }
             }
             Job::Verify {
+                enqueued,
                 password,
                 hash,
                 reply,
             } => {
+                crate::metrics::PASSWORD_WAIT_SECONDS.observe(enqueued.elapsed().as_secs_f64());
                 if !reply.is_closed() {
                     let _ =
                         reply.send(bcrypt::verify(&password, &hash).map_err(|_| PoolError::Failed));
                 }
             }
         }
-        depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let left = depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::PASSWORD_QUEUE_DEPTH.set(i64::try_from(left - 1).unwrap_or(i64::MAX));
     }
 }
 

@@ -219,6 +219,17 @@ impl BackgroundService for RevocationSync {
                     }
                 }
             }
+            if let Some(pool) = self.store.pool_status() {
+                let set = |state: &str, n: usize| {
+                    crate::metrics::STORE_POOL
+                        .with_label_values(&[state])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                };
+                set("max", pool.max);
+                set("idle", pool.idle);
+                set("in_use", pool.open.saturating_sub(pool.idle));
+                set("waiting", pool.waiting);
+            }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = tokio::time::Instant::now();
                 self.revocations.prune();

@@ -859,3 +859,48 @@ fn a_signin_flood_gets_fast_503s_and_the_edge_keeps_serving() {
     assert!(refused > 0, "the bounded queue never refused anything");
     assert!(slowest_edge < Duration::from_secs(1), "{slowest_edge:?}");
 }
+
+/// After edge and identity traffic, `/metrics` has every documented metric, and nothing that
+/// identifies anyone (no email, user id, token or password) appears in it.
+#[test]
+fn metrics_cover_edge_identity_store_and_bcrypt_without_identifying_anyone() {
+    let db = Db::new(Store::Postgres);
+    let g = Gateway::start(&config(&db.url, ""), &[]);
+    let mail = email();
+    let r = register(&g, &mail);
+    let (token, id) = (token_of(&r), id_of(&r));
+    signin(&g, &mail, "wrong password!");
+    let path = format!("/api/{id}/tasks/1");
+    assert_eq!(g.get(&path, &[("Authorization", &bearer(&token))]).status, 200);
+    assert_eq!(g.get(&path, &[("Authorization", &bearer(&token))]).status, 200);
+    assert_eq!(g.get(&path, &[]).status, 401);
+    std::thread::sleep(Duration::from_millis(700)); // one revocation sync tick: pool gauges
+
+    let text = common::get(g.admin, "/metrics", &[]).text();
+    for name in [
+        "portcullis_requests_total",
+        "portcullis_rejections_total{code=\"missing_token\"}",
+        "portcullis_request_duration_seconds_bucket",
+        "portcullis_token_verification_duration_seconds_bucket{outcome=\"valid\"",
+        "portcullis_upstream_duration_seconds_bucket{route=\"/api/{user_id}/tasks/{*rest}\"",
+        "portcullis_upstream_connections_total{reused=\"true\"}",
+        "portcullis_identity_requests_total{endpoint=\"register\",status=\"201\"}",
+        "portcullis_identity_requests_total{endpoint=\"signin\",status=\"401\"}",
+        "portcullis_password_queue_depth",
+        "portcullis_password_queue_wait_seconds_bucket",
+        "portcullis_password_refused_total",
+        "portcullis_store_pool_connections{state=\"max\"}",
+        "portcullis_store_up 1",
+        "portcullis_revocation_entries",
+        "portcullis_build_info{version=",
+    ] {
+        assert!(text.contains(name), "missing {name} in:\n{text}");
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let metric = line.split(' ').next().unwrap_or_default();
+        assert!(metric.starts_with("portcullis_"), "{line}");
+    }
+    for secret in [mail.as_str(), id.as_str(), token.as_str(), PASSWORD] {
+        assert!(!text.contains(secret), "metrics identify someone");
+    }
+}

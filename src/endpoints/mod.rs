@@ -70,6 +70,17 @@ pub struct Reply {
     pub set_cookie: Option<String>,
 }
 
+impl Endpoint {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Signin => "signin",
+            Self::Signout => "signout",
+            Self::Me => "me",
+        }
+    }
+}
+
 impl Identity {
     /// The endpoint for `path` (already canonical) under the prefix; `None` when the path is
     /// not the identity service's; `Some(Err)` for a wrong method or an unknown endpoint.

@@ -22,6 +22,8 @@ pub struct RequestCtx {
     pub rejection: Option<Code>,
     /// The request's `Origin` when it is an allowed frontend: responses are made readable to it.
     pub cors_origin: Option<HeaderValue>,
+    /// When the upstream was chosen (for the upstream time histogram).
+    pub upstream_started: Option<Instant>,
     /// Counts this request as in flight until it ends (graceful shutdown waits for it).
     pub in_flight: Option<InFlightGuard>,
 }
@@ -37,6 +39,7 @@ impl RequestCtx {
             rejection: None,
             in_flight: None,
             cors_origin: None,
+            upstream_started: None,
         }
     }
 }

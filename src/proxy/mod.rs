@@ -356,7 +356,12 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Decision::Identity(endpoint) => {
-                let (head, body) = match self.serve_identity(session, endpoint).await {
+                let answer = self.serve_identity(session, endpoint).await;
+                let status = answer.as_ref().map_or_else(Problem::status, |r| r.status);
+                crate::metrics::IDENTITY_REQUESTS
+                    .with_label_values(&[endpoint.as_str(), itoa_status(status).as_str()])
+                    .inc();
+                let (head, body) = match answer {
                     Ok(reply) => endpoints::response(&reply),
                     Err(p) => {
                         ctx.rejection = Some(p.code);
@@ -378,6 +383,7 @@ impl ProxyHttp for Gateway {
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         let upstream = &self.upstreams[self.routes.routes()[route].upstream];
+        ctx.upstream_started = Some(std::time::Instant::now());
         upstream.peer().ok_or_else(|| {
             Error::explain(
                 ErrorType::HTTPStatus(502),
@@ -393,6 +399,36 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.prepare_upstream(upstream_request, ctx);
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::metrics::UPSTREAM_CONNECTIONS
+            .with_label_values(&[if reused { "true" } else { "false" }])
+            .inc();
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(started), Some(route)) = (ctx.upstream_started.take(), ctx.route) {
+            crate::metrics::UPSTREAM_SECONDS
+                .with_label_values(&[self.routes.routes()[route].pattern.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 

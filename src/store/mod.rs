@@ -104,6 +104,20 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
 
     /// Cheap round trip for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The connection pool's state, for metrics; `None` for stores without a pool.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+/// A connection pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub max: usize,
+    pub open: usize,
+    pub idle: usize,
+    pub waiting: usize,
 }
 
 pub type SharedStore = Arc<dyn UserStore>;

@@ -473,6 +473,16 @@ fn micros_to_time(micros: i64) -> Result<OffsetDateTime, StoreError> {
 
 #[async_trait]
 impl UserStore for PostgresStore {
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let st = self.pool.status();
+        Some(super::PoolStatus {
+            max: st.max_size,
+            open: st.size,
+            idle: st.available,
+            waiting: st.waiting,
+        })
+    }
+
     async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
         let client = self.client().await?;
         let id = Uuid::new_v4();

@@ -24,6 +24,16 @@ pub struct Authenticator {
 impl Authenticator {
     /// The verified identity, or the problem code to refuse with.
     pub fn authenticate(&self, token: &[u8], now: u64) -> Result<Verified, Code> {
+        let started = std::time::Instant::now();
+        let result = self.check(token, now);
+        let outcome = result.as_ref().map_or_else(|c| c.as_str(), |_| "valid");
+        crate::metrics::TOKEN_VERIFY_SECONDS
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn check(&self, token: &[u8], now: u64) -> Result<Verified, Code> {
         let who = verify(token, &self.keys, now).map_err(|e| match e {
             TokenError::Expired => Code::TokenExpired,
             TokenError::Invalid(reason) => {
