@@ -2164,6 +2164,37 @@ fn sigterm_finishes_in_flight_requests_and_exits_0() {
 }
 
 #[test]
+fn logs_are_json_lines_with_one_access_line_per_request_and_follow_rust_log() {
+    let gw = hs_gateway();
+    let sub = new_sub();
+    let token = token_for(&sub);
+    assert_eq!(gw.get("/public/x", &[("X-Request-Id", "log-check-1")]).status, 200);
+    assert_eq!(bearer(&gw, &format!("/req/{sub}"), "garbage").status, 401);
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = gw.stderr();
+    let mut access = Vec::new();
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["target"] == "access" {
+            access.push(v);
+        }
+    }
+    assert_eq!(access.len(), 2, "{logs}");
+    let first = &access[0]["fields"];
+    assert_eq!(first["request_id"], "log-check-1");
+    assert_eq!(first["status"], 200);
+    assert!(first["latency_us"].is_u64());
+    assert_eq!(access[1]["fields"]["code"], "invalid_token");
+    assert!(!logs.contains(&token) && !logs.contains("garbage"));
+
+    let quiet = Gateway::start(&config(HS_TOKENS, "", ""), &[("RUST_LOG", "warn")]);
+    assert_eq!(quiet.get("/public/x", &[]).status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!quiet.stderr().contains("\"access\""), "RUST_LOG=warn hides access lines");
+}
+
+#[test]
 fn sigterm_on_an_idle_gateway_exits_0_without_waiting_out_the_grace_period() {
     // grace_period_secs defaults to 10: with nothing in flight the gateway must not wait it out.
     let mut gw = hs_gateway();
