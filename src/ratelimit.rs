@@ -1,6 +1,11 @@
 //! Rate limits on the identity endpoints: attempts per client IP, failed sign-ins per email.
 //! Fixed one-minute windows in a sharded in-memory map (per replica). Only identity requests
 //! touch it, never proxied traffic.
+//!
+//! Memory is bounded: IPv6 clients count by their /64 (one subscriber's whole prefix), and
+//! when a shard holds [`MAX_KEYS_PER_SHARD`] live windows (someone spraying addresses or
+//! invented emails), new keys are refused until windows expire: the identity endpoints fail
+//! closed rather than the process growing without end.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -12,25 +17,47 @@ const SHARDS: usize = 16;
 const WINDOW: Duration = Duration::from_secs(60);
 /// Beyond this many keys in a shard, stale windows are swept before inserting.
 const SWEEP_AT: usize = 4096;
+/// Live windows a shard may hold (16 shards: about 260k keys, a few tens of MiB at most).
+pub const MAX_KEYS_PER_SHARD: usize = 16_384;
 
 /// Counts events per key in fixed windows.
 #[derive(Debug)]
 pub struct Limiter<K> {
     limit: u32,
-    shards: Vec<Mutex<HashMap<K, (Instant, u32)>>>,
+    max_keys_per_shard: usize,
+    shards: Vec<Mutex<Shard<K>>>,
     hasher: RandomState,
+}
+
+#[derive(Debug)]
+struct Shard<K> {
+    windows: HashMap<K, (Instant, u32)>,
+    /// Sweeping is O(keys): at most once a second, however hard someone sprays.
+    last_sweep: Instant,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn new(per_minute: u32) -> Self {
+        Self::with_max_keys(per_minute, MAX_KEYS_PER_SHARD)
+    }
+
+    pub fn with_max_keys(per_minute: u32, max_keys_per_shard: usize) -> Self {
         Self {
             limit: per_minute,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            max_keys_per_shard,
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        windows: HashMap::new(),
+                        last_sweep: Instant::now(),
+                    })
+                })
+                .collect(),
             hasher: RandomState::new(),
         }
     }
 
-    fn shard(&self, key: &K) -> &Mutex<HashMap<K, (Instant, u32)>> {
+    fn shard(&self, key: &K) -> &Mutex<Shard<K>> {
         let h = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         &self.shards[h]
     }
@@ -47,14 +74,22 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
     fn add(&self, key: &K, n: u32) -> Result<(), u64> {
         let now = Instant::now();
-        let mut map = self
+        let mut shard = self
             .shard(key)
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        if shard.windows.len() >= SWEEP_AT && !shard.windows.contains_key(key) {
+            if now.duration_since(shard.last_sweep) >= Duration::from_secs(1) {
+                shard.last_sweep = now;
+                shard
+                    .windows
+                    .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            }
+            if shard.windows.len() >= self.max_keys_per_shard {
+                return Err(1);
+            }
         }
-        let entry = map.entry(key.clone()).or_insert((now, 0));
+        let entry = shard.windows.entry(key.clone()).or_insert((now, 0));
         if now.duration_since(entry.0) >= WINDOW {
             *entry = (now, 0);
         }
@@ -94,6 +129,17 @@ impl TrustedProxies {
 
     fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|&(net, len)| in_net(ip, net, len))
+    }
+
+    /// The rate-limit key of a client: its IP, or for IPv6 its /64.
+    pub fn client_key(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        match self.client_ip(peer, forwarded_for) {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & (u128::MAX << 64);
+                IpAddr::V6(prefix.into())
+            }
+            v4 @ IpAddr::V4(_) => v4,
+        }
     }
 
     /// The client IP: the peer, or, when the peer is a trusted proxy, the right-most
@@ -144,6 +190,37 @@ mod tests {
         assert!((1..=60).contains(&retry));
         assert!(l.hit(&"other").is_ok());
         assert!(l.check(&"k").is_err());
+    }
+
+    #[test]
+    fn a_spray_of_keys_is_bounded_and_fails_closed() {
+        let cap = SWEEP_AT + 100;
+        let l = Limiter::with_max_keys(5, cap);
+        let mut refused = 0;
+        for i in 0..(SHARDS * cap + 10_000) {
+            if l.hit(&i).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        let held: usize = l
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().windows.len())
+            .sum();
+        assert!(held <= SHARDS * cap, "{held}");
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_slash_64() {
+        let t = TrustedProxies::default();
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(t.client_key(a, None), t.client_key(b, None));
+        assert_ne!(t.client_key(a, None), t.client_key(c, None));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(t.client_key(v4, None), v4);
     }
 
     #[test]

@@ -238,7 +238,7 @@ impl Gateway {
             body,
             query: req.uri.query(),
             token,
-            client_ip: identity.trusted_proxies.client_ip(peer, forwarded),
+            client_ip: identity.trusted_proxies.client_key(peer, forwarded),
         };
         identity.handle(request).await
     }
