@@ -2168,7 +2168,11 @@ fn logs_are_json_lines_with_one_access_line_per_request_and_follow_rust_log() {
     let gw = hs_gateway();
     let sub = new_sub();
     let token = token_for(&sub);
-    assert_eq!(gw.get("/public/x", &[("X-Request-Id", "log-check-1")]).status, 200);
+    assert_eq!(
+        gw.get("/public/x", &[("X-Request-Id", "log-check-1")])
+            .status,
+        200
+    );
     assert_eq!(bearer(&gw, &format!("/req/{sub}"), "garbage").status, 401);
     std::thread::sleep(Duration::from_millis(200));
     let logs = gw.stderr();
@@ -2191,7 +2195,10 @@ fn logs_are_json_lines_with_one_access_line_per_request_and_follow_rust_log() {
     let quiet = Gateway::start(&config(HS_TOKENS, "", ""), &[("RUST_LOG", "warn")]);
     assert_eq!(quiet.get("/public/x", &[]).status, 200);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!quiet.stderr().contains("\"access\""), "RUST_LOG=warn hides access lines");
+    assert!(
+        !quiet.stderr().contains("\"access\""),
+        "RUST_LOG=warn hides access lines"
+    );
 }
 
 #[test]

@@ -871,8 +871,14 @@ fn metrics_cover_edge_identity_store_and_bcrypt_without_identifying_anyone() {
     let (token, id) = (token_of(&r), id_of(&r));
     signin(&g, &mail, "wrong password!");
     let path = format!("/api/{id}/tasks/1");
-    assert_eq!(g.get(&path, &[("Authorization", &bearer(&token))]).status, 200);
-    assert_eq!(g.get(&path, &[("Authorization", &bearer(&token))]).status, 200);
+    assert_eq!(
+        g.get(&path, &[("Authorization", &bearer(&token))]).status,
+        200
+    );
+    assert_eq!(
+        g.get(&path, &[("Authorization", &bearer(&token))]).status,
+        200
+    );
     assert_eq!(g.get(&path, &[]).status, 401);
     std::thread::sleep(Duration::from_millis(700)); // one revocation sync tick: pool gauges
 
