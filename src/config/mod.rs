@@ -165,8 +165,10 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
         p.add("server.threads must be between 1 and 1024");
     }
     let tls = raw.server.tls.as_ref().map(|t| {
-        for (key, file) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
-            readable(&mut p, &format!("server.tls.{key}"), file);
+        let cert = readable(&mut p, "server.tls.cert_file", &t.cert_file);
+        let key = readable(&mut p, "server.tls.key_file", &t.key_file);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            tls_pair(&mut p, &cert, &key);
         }
         TlsFiles {
             cert_file: t.cert_file.clone().into(),
@@ -248,6 +250,47 @@ fn readable(p: &mut Problems, key: &str, file: &str) -> Option<Vec<u8>> {
             p.add(format!("{key}: cannot read `{file}`: {e}"));
             None
         }
+    }
+}
+
+/// `server.tls` must be what the listener will load: a PEM chain and a PEM PKCS#8 key that
+/// belongs to its first certificate. Pingora builds the acceptor inside the proxy's thread and
+/// panics there on a bad pair, which would leave the admin listener up and ready over a dead
+/// public port: so the pair is proven here, before anything starts.
+fn tls_pair(p: &mut Problems, cert: &[u8], key: &[u8]) {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let certs = match CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if !certs.is_empty() => certs,
+        Ok(_) => {
+            p.add("server.tls.cert_file: no PEM certificate in it");
+            return;
+        }
+        Err(e) => {
+            p.add(format!(
+                "server.tls.cert_file: not a PEM certificate chain: {e}"
+            ));
+            return;
+        }
+    };
+    let key = match PrivatePkcs8KeyDer::from_pem_slice(key) {
+        Ok(key) => key,
+        Err(e) => {
+            p.add(format!(
+                "server.tls.key_file: not a PEM PKCS#8 private key ({e}); convert with `openssl pkcs8 -topk8 -nocrypt`"
+            ));
+            return;
+        }
+    };
+    let built = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key.into()));
+    if let Err(e) = built {
+        p.add(format!(
+            "server.tls.key_file: unusable with server.tls.cert_file: {e}"
+        ));
     }
 }
 

@@ -528,11 +528,12 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if self.child.is_some() && self.terminate(Duration::from_millis(500)).is_none() {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if self.child.is_some()
+            && self.terminate(Duration::from_millis(500)).is_none()
+            && let Some(mut c) = self.child.take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
