@@ -3,9 +3,9 @@
 //! exactly what crossed the edge. Not a general web server: keep-alive and Content-Length or
 //! chunked bodies, nothing more.
 //!
-//! One exception: `GET /app/` and `GET /app/index.html` (query ignored) answer the static page
-//! of `e2e/app/index.html`, a plain-JS client of the identity endpoints that the browser test
-//! drives. Every other request, `/app/...` included, is echoed.
+//! One exception: `GET /app/` and `GET /app/index.html` (query ignored) answer [`APP_PAGE`], a
+//! plain-JS client of the identity endpoints that the browser test (`tests/browser.rs`,
+//! `e2e/run.mjs`) drives. Every other request, `/app/...` included, is echoed.
 
 use std::net::SocketAddr;
 
@@ -15,9 +15,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
-
-/// The browser test's page, served at `/app/` and `/app/index.html`.
-pub const APP_PAGE: &str = include_str!("../e2e/app/index.html");
 
 /// Whether a request gets [`APP_PAGE`] instead of the echo.
 fn is_app_page(method: &str, target: &str) -> bool {
@@ -165,5 +162,238 @@ async fn read_chunked(reader: &mut BufReader<TcpStream>) -> std::io::Result<Vec<
         body.resize(start + size + 2, 0);
         reader.read_exact(&mut body[start..]).await?;
         body.truncate(start + size);
+    }
+}
+
+/// The browser test's page, served at `/app/` and `/app/index.html`: plain JS, no external
+/// resources. It registers a random user, signs in (the gateway sets the HttpOnly cookie; the
+/// page keeps no token), calls the owner route `/api/<id>/tasks/1` with the cookie alone, signs
+/// out and calls it again, writing every result into an element with an id for the driver.
+/// Kept here rather than in a file so that building the crate needs nothing outside `src/`.
+pub const APP_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Portcullis browser check</title>
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; max-width: 60em; }
+  dt { font-weight: bold; margin-top: .5em; }
+  dd { font-family: ui-monospace, monospace; margin-left: 1em; word-break: break-all; }
+  button { margin: 0 .5em .5em 0; }
+  #log { white-space: pre-wrap; }
+  #outcome[data-state="failed"] { color: #b00; }
+  #outcome[data-state="done"] { color: #070; }
+</style>
+</head>
+<body>
+<h1>Portcullis: sign in with the gateway's cookie</h1>
+<p>
+  A plain page served by the upstream behind the gateway. It never stores a token: the
+  gateway sets an <code>HttpOnly</code> cookie, and every call below is a same-origin
+  <code>fetch</code> without an <code>Authorization</code> header.
+</p>
+<p>
+  <button id="btn-register" type="button">1. Register</button>
+  <button id="btn-signin" type="button">2. Sign in</button>
+  <button id="btn-cookie" type="button">3. Read document.cookie</button>
+  <button id="btn-protected" type="button">4. Call the owner route</button>
+  <button id="btn-signout" type="button">5. Sign out</button>
+  <button id="btn-protected-again" type="button">6. Call it again</button>
+  <button id="btn-all" type="button">Run all</button>
+</p>
+<dl>
+  <dt>outcome</dt><dd id="outcome" data-state="idle">idle</dd>
+  <dt>email</dt><dd id="email"></dd>
+  <dt>register status</dt><dd id="register-status"></dd>
+  <dt>user id</dt><dd id="user-id"></dd>
+  <dt>sign-in status</dt><dd id="signin-status"></dd>
+  <dt>sign-in body holds a token (not kept)</dt><dd id="signin-has-token"></dd>
+  <dt>document.cookie</dt><dd id="document-cookie"></dd>
+  <dt>owner route status</dt><dd id="protected-status"></dd>
+  <dt>x-user-id the upstream received</dt><dd id="upstream-user-id"></dd>
+  <dt>authorization header the upstream received</dt><dd id="upstream-authorization"></dd>
+  <dt>cookie header the upstream received</dt><dd id="upstream-cookie"></dd>
+  <dt>sign-out status</dt><dd id="signout-status"></dd>
+  <dt>owner route after sign-out: status</dt><dd id="after-signout-status"></dd>
+  <dt>owner route after sign-out: problem code</dt><dd id="after-signout-code"></dd>
+  <dt>owner route after sign-out: WWW-Authenticate</dt><dd id="after-signout-challenge"></dd>
+  <dt>log</dt><dd id="log"></dd>
+</dl>
+<script>
+"use strict";
+(function () {
+  const AUTH = "/api/v1/auth";
+  // Only what the page may keep: the user id and the credentials it typed. Never the token.
+  const state = { email: "", password: "", userId: "" };
+
+  const $ = (id) => document.getElementById(id);
+  const show = (id, value) => { $(id).textContent = String(value); };
+  const log = (line) => { $("log").textContent += line + "\n"; };
+
+  function randomHex(bytes) {
+    const a = new Uint8Array(bytes);
+    crypto.getRandomValues(a);
+    return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function postJson(path, body) {
+    return fetch(AUTH + path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  }
+
+  async function readJson(resp) {
+    const text = await resp.text();
+    try { return JSON.parse(text); } catch (_) { return { unparsed: text }; }
+  }
+
+  function header(echo, name) {
+    const found = (echo.headers || []).filter((h) => h[0].toLowerCase() === name);
+    return found.length ? found.map((h) => h[1]).join(", ") : "(none)";
+  }
+
+  const steps = {
+    async register() {
+      state.email = "e2e-" + randomHex(8) + "@example.com";
+      state.password = "pw-" + randomHex(12);
+      show("email", state.email);
+      const resp = await postJson("/register", { email: state.email, password: state.password });
+      show("register-status", resp.status);
+      const body = await readJson(resp);
+      // The body carries a token too: read the user id, drop the rest.
+      state.userId = body.user && body.user.id ? body.user.id : "";
+      show("user-id", state.userId || "(none)");
+      log("register: " + resp.status);
+    },
+    async signin() {
+      const resp = await postJson("/signin", { email: state.email, password: state.password });
+      show("signin-status", resp.status);
+      const body = await readJson(resp);
+      show("signin-has-token", typeof body.token === "string" && body.token.length > 0);
+      log("signin: " + resp.status);
+    },
+    async cookie() {
+      show("document-cookie", document.cookie === "" ? "(empty)" : document.cookie);
+      log("document.cookie read");
+    },
+    async protected() {
+      // No Authorization header: the HttpOnly cookie alone authenticates.
+      const resp = await fetch("/api/" + encodeURIComponent(state.userId) + "/tasks/1", {
+        credentials: "same-origin",
+      });
+      show("protected-status", resp.status);
+      const echo = await readJson(resp);
+      show("upstream-user-id", header(echo, "x-user-id"));
+      show("upstream-authorization", header(echo, "authorization"));
+      show("upstream-cookie", header(echo, "cookie"));
+      log("owner route: " + resp.status);
+    },
+    async signout() {
+      const resp = await fetch(AUTH + "/signout", { method: "POST", credentials: "same-origin" });
+      show("signout-status", resp.status);
+      log("signout: " + resp.status);
+    },
+    async protectedAgain() {
+      const resp = await fetch("/api/" + encodeURIComponent(state.userId) + "/tasks/1", {
+        credentials: "same-origin",
+      });
+      show("after-signout-status", resp.status);
+      show("after-signout-challenge", resp.headers.get("www-authenticate") || "(none)");
+      const problem = await readJson(resp);
+      show("after-signout-code", problem.code || "(none)");
+      log("owner route after sign-out: " + resp.status);
+    },
+  };
+
+  async function run(name, fn) {
+    const outcome = $("outcome");
+    outcome.dataset.state = "running";
+    outcome.textContent = name + ": running";
+    try {
+      await fn();
+      outcome.dataset.state = "done";
+      outcome.textContent = name + ": done";
+    } catch (e) {
+      outcome.dataset.state = "failed";
+      outcome.textContent = name + ": failed: " + (e && e.message ? e.message : e);
+    }
+  }
+
+  const buttons = {
+    "btn-register": ["register", steps.register],
+    "btn-signin": ["signin", steps.signin],
+    "btn-cookie": ["cookie", steps.cookie],
+    "btn-protected": ["protected", steps.protected],
+    "btn-signout": ["signout", steps.signout],
+    "btn-protected-again": ["protected-again", steps.protectedAgain],
+  };
+  for (const [id, [name, fn]] of Object.entries(buttons)) {
+    $(id).addEventListener("click", () => run(name, fn));
+  }
+  $("btn-all").addEventListener("click", () => run("all", async () => {
+    for (const [, fn] of Object.values(buttons)) { await fn(); }
+  }));
+})();
+</script>
+</body>
+</html>
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_get_or_head_of_the_app_page_gets_the_page() {
+        for (method, target) in [
+            ("GET", "/app/"),
+            ("GET", "/app/index.html"),
+            ("GET", "/app/?from=test"),
+            ("HEAD", "/app/"),
+        ] {
+            assert!(is_app_page(method, target), "{method} {target}");
+        }
+        for (method, target) in [
+            ("POST", "/app/"),
+            ("GET", "/app"),
+            ("GET", "/app/other"),
+            ("GET", "/api/app/"),
+            ("GET", "/"),
+        ] {
+            assert!(!is_app_page(method, target), "{method} {target}");
+        }
+    }
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere_and_stores_nothing() {
+        for forbidden in [
+            "http://",
+            "https://",
+            "<script src",
+            "<link",
+            "localStorage",
+            "sessionStorage",
+            "indexedDB",
+            "setRequestHeader",
+            "Authorization\":",
+        ] {
+            assert!(
+                !APP_PAGE.contains(forbidden),
+                "the page contains {forbidden}"
+            );
+        }
+        // Every call sends the cookie (same origin only), none sets a header of its own but
+        // the JSON content type.
+        let fetches = APP_PAGE.matches("fetch(").count();
+        assert!(fetches >= 4);
+        assert_eq!(
+            APP_PAGE.matches("credentials: \"same-origin\"").count(),
+            fetches
+        );
+        assert_eq!(APP_PAGE.matches("headers: {").count(), 1);
     }
 }
