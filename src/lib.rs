@@ -37,6 +37,10 @@ use crate::config::Config;
 /// Builds the Pingora server for a validated config: the edge proxy, the admin listener and the
 /// background services. Binding happens when it runs.
 pub fn build(mut config: Config) -> Result<Server, String> {
+    check_bindable(&[
+        ("server.listen", config.listen),
+        ("server.admin_listen", config.admin_listen),
+    ])?;
     let conf = ServerConf {
         threads: config.threads,
         // Stop accepting at once, give in-flight requests the grace period, then stop.
@@ -171,6 +175,34 @@ fn add_edge_listener(
         }
     }
     Ok(())
+}
+
+/// Proves each address can be bound now (as Pingora binds: with `SO_REUSEADDR`). Pingora
+/// retries a taken port for a while and then panics inside its service, which would leave
+/// the admin listener up and ready over a dead public port: better to refuse to start.
+fn check_bindable(addrs: &[(&str, std::net::SocketAddr)]) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    rt.block_on(async {
+        for (key, addr) in addrs {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(|e| format!("{key} {addr}: {e}"))?;
+            socket
+                .set_reuseaddr(true)
+                .map_err(|e| format!("{key} {addr}: {e}"))?;
+            socket
+                .bind(*addr)
+                .and_then(|()| socket.listen(1).map(drop))
+                .map_err(|e| format!("{key} {addr} cannot be bound: {e}"))?;
+        }
+        Ok(())
+    })
 }
 
 /// How long `serve` waits for the store to take its migrations before serving without it.

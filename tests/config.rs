@@ -700,3 +700,44 @@ fn check_config_never_binds_or_serves() {
     assert!(status.success(), "{err}");
     assert!(TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err());
 }
+
+#[test]
+fn serve_with_the_public_port_taken_exits_nonzero_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let admin = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             [store]\nurl = \"sqlite://{}/p.db\"\n[tokens]\nsecret_env = \"PORTCULLIS_TEST_SECRET\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("PORTCULLIS_TEST_SECRET", common::SECRET)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "serve must not run without its public port"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.listen") && stderr.contains("cannot be bound"),
+        "{stderr}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", admin)).is_err(),
+        "the admin port must not be left serving"
+    );
+    drop(taken);
+}
