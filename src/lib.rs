@@ -49,6 +49,13 @@ pub fn build(mut config: Config) -> Result<Server, String> {
         ..ServerConf::default()
     };
     metrics::init();
+    for issuer in &config.issuers {
+        // Fail closed, and say so: their tokens get 401 until external issuers are wired.
+        tracing::warn!(
+            issuer = %issuer.name,
+            "[[issuer]] is validated but not yet trusted by this build: its tokens are refused (401)"
+        );
+    }
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
