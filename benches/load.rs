@@ -39,7 +39,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A child process killed on drop.
+/// A child process killed on drop (nginx runs without a master process, so killing the one
+/// process leaves no orphaned worker behind to skew the next run).
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -100,7 +101,7 @@ fn start_nginx(dir: &Path, port: u16) -> Proc {
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {dir}/nginx-error.log;\n\
+            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {pid};\nerror_log {dir}/nginx-error.log;\n\
              events {{ worker_connections 4096; }}\n\
              http {{ access_log off; keepalive_requests 1000000;\n\
                client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};\n\
