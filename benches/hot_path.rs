@@ -127,6 +127,7 @@ auth = "public"
     .unwrap();
     let (upstreams, _checks) = portcullis::upstream::build(&conf.upstreams).unwrap();
     let gateway = Gateway {
+        metrics: portcullis::metrics::TableMetrics::new(&conf.routes),
         routes: conf.routes,
         upstreams,
         auth: std::sync::Arc::new(portcullis::tokens::Authenticator {

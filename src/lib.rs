@@ -85,6 +85,7 @@ pub fn build(mut config: Config) -> Result<Server, String> {
     let in_flight = Arc::new(drain::InFlight::default());
     let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
     let gateway = proxy::Gateway {
+        metrics: metrics::TableMetrics::new(&config.routes),
         routes: std::mem::take(&mut config.routes),
         upstreams,
         auth,
@@ -191,11 +192,7 @@ fn add_edge_listener(
 /// retries a taken port for a while and then panics inside its service, which would leave
 /// the admin listener up and ready over a dead public port: better to refuse to start.
 fn check_bindable(addrs: &[(&str, std::net::SocketAddr)]) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    rt.block_on(async {
+    on_temporary_runtime(async {
         for (key, addr) in addrs {
             let socket = if addr.is_ipv4() {
                 tokio::net::TcpSocket::new_v4()
@@ -215,6 +212,17 @@ fn check_bindable(addrs: &[(&str, std::net::SocketAddr)]) -> Result<(), String> 
     })
 }
 
+/// Runs start-up work (before Pingora has its runtimes) on a runtime of its own.
+fn on_temporary_runtime<T>(
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?
+        .block_on(work)
+}
+
 /// Read buffer per downstream connection (see `add_edge_listener`).
 const DOWNSTREAM_READ_BUFFER: usize = 8 * 1024;
 
@@ -224,11 +232,7 @@ const MIGRATE_AT_START_WITHIN: std::time::Duration = std::time::Duration::from_s
 /// Applies pending migrations now, waiting at most `within`. Used by `serve` at start and by
 /// `portcullis migrate`.
 pub fn migrate_now(opened: &store::Opened, within: std::time::Duration) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime for migrations: {e}"))?;
-    rt.block_on(async {
+    on_temporary_runtime(async {
         match tokio::time::timeout(within, opened.migrator.migrate()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

@@ -44,7 +44,6 @@ pub struct PasswordPool {
     /// A hash of a random password at the configured cost: unknown emails are checked against
     /// it so they take as long as known ones.
     dummy_hash: Arc<str>,
-    queue_depth: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for PasswordPool {
@@ -61,13 +60,11 @@ impl PasswordPool {
     pub fn new(cost: u32, workers: usize, queue: usize, max_wait: Duration) -> Self {
         let (jobs, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(std::sync::Mutex::new(rx));
-        let queue_depth = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for i in 0..workers.max(1) {
             let rx = Arc::clone(&rx);
-            let depth = Arc::clone(&queue_depth);
             std::thread::Builder::new()
                 .name(format!("bcrypt-{i}"))
-                .spawn(move || worker(&rx, &depth))
+                .spawn(move || worker(&rx))
                 .expect("spawn bcrypt worker");
         }
         let random: [u8; 24] = rand_bytes();
@@ -77,7 +74,6 @@ impl PasswordPool {
             cost,
             max_wait,
             dummy_hash: dummy_hash.into(),
-            queue_depth,
         }
     }
 
@@ -85,11 +81,6 @@ impl PasswordPool {
     pub fn for_machine(cost: u32) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Self::new(cost, cores, cores * 4, Duration::from_secs(2))
-    }
-
-    /// Jobs waiting or running.
-    pub fn queue_depth(&self) -> usize {
-        self.queue_depth.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn hash(&self, password: &[u8]) -> Result<String, PoolError> {
@@ -120,18 +111,12 @@ impl PasswordPool {
     }
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {
-        let depth = self
-            .queue_depth
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::metrics::PASSWORD_QUEUE_DEPTH.set(i64::try_from(depth + 1).unwrap_or(i64::MAX));
+        // The gauge is the queue depth: up on submit, down when a worker finishes or refuses.
+        crate::metrics::PASSWORD_QUEUE_DEPTH.inc();
         match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                let depth = self
-                    .queue_depth
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                crate::metrics::PASSWORD_QUEUE_DEPTH
-                    .set(i64::try_from(depth - 1).unwrap_or(i64::MAX));
+                crate::metrics::PASSWORD_QUEUE_DEPTH.dec();
                 crate::metrics::PASSWORD_REFUSED.inc();
                 Err(PoolError::Saturated)
             }
@@ -150,7 +135,7 @@ impl PasswordPool {
     }
 }
 
-fn worker(rx: &std::sync::Mutex<Receiver<Job>>, depth: &std::sync::atomic::AtomicUsize) {
+fn worker(rx: &std::sync::Mutex<Receiver<Job>>) {
     loop {
         let job = {
             let Ok(guard) = rx.lock() else { return };
@@ -186,8 +171,7 @@ fn worker(rx: &std::sync::Mutex<Receiver<Job>>, depth: &std::sync::atomic::Atomi
                 }
             }
         }
-        let left = depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        crate::metrics::PASSWORD_QUEUE_DEPTH.set(i64::try_from(left - 1).unwrap_or(i64::MAX));
+        crate::metrics::PASSWORD_QUEUE_DEPTH.dec();
     }
 }
 

@@ -196,11 +196,12 @@ impl Problem {
     /// The full response: status, problem+json body and the headers its code calls for.
     pub fn response(&self) -> (ResponseHeader, Bytes) {
         let body = self.body();
-        let mut header =
-            ResponseHeader::build(self.status(), Some(6)).expect("problem status is valid");
-        insert(&mut header, "content-type", "application/problem+json");
-        insert(&mut header, "content-length", &body.len().to_string());
-        insert(&mut header, "cache-control", "no-store");
+        let mut header = head(
+            self.status(),
+            Some("application/problem+json"),
+            body.len(),
+            "no-store",
+        );
         if self.status() == 401 {
             let challenge = if self.token_presented {
                 r#"Bearer realm="portcullis", error="invalid_token""#
@@ -214,6 +215,23 @@ impl Problem {
         }
         (header, body)
     }
+}
+
+/// The head of every response the gateway makes itself: status, content type (when there is
+/// a body), length and caching. Callers add what their kind of answer needs.
+pub fn head(
+    status: u16,
+    content_type: Option<&'static str>,
+    len: usize,
+    cache_control: &'static str,
+) -> ResponseHeader {
+    let mut header = ResponseHeader::build(status, Some(6)).expect("gateway statuses are valid");
+    if let Some(ct) = content_type {
+        insert(&mut header, "content-type", ct);
+    }
+    insert(&mut header, "content-length", &len.to_string());
+    insert(&mut header, "cache-control", cache_control);
+    header
 }
 
 fn insert(header: &mut ResponseHeader, name: &'static str, value: &str) {

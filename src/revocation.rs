@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -139,10 +139,9 @@ impl Revocations {
     }
 }
 
+/// [`crate::tokens::unix_secs`] as the signed seconds the revocation log stores.
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    i64::try_from(crate::tokens::unix_secs()).unwrap_or(i64::MAX)
 }
 
 /// Keeps [`Revocations`] in step with the store; migrates a store that was down at start;

@@ -138,10 +138,6 @@ impl Identity {
     fn clear_cookie(&self) -> String {
         self.auth_cookie("", 0)
     }
-
-    fn issuer_ttl(&self) -> u64 {
-        self.issuer.ttl_secs()
-    }
 }
 
 /// The body of register and signin answers.
@@ -235,13 +231,12 @@ fn rate_limited(retry_after: u64) -> Problem {
 /// The reply as a Pingora response.
 pub fn response(reply: &Reply) -> (ResponseHeader, Bytes) {
     let body = reply.body.clone().unwrap_or_default();
-    let mut head =
-        ResponseHeader::build(reply.status, Some(4)).expect("endpoint statuses are valid");
-    if reply.body.is_some() {
-        let _ = head.insert_header("content-type", "application/json");
-    }
-    let _ = head.insert_header("content-length", body.len().to_string());
-    let _ = head.insert_header("cache-control", "no-store");
+    let mut head = crate::problem::head(
+        reply.status,
+        reply.body.is_some().then_some("application/json"),
+        body.len(),
+        "no-store",
+    );
     if let Some(cookie) = &reply.set_cookie {
         let _ = head.insert_header("set-cookie", cookie.as_str());
     }
@@ -281,7 +276,4 @@ fn authenticated_user(
     Ok((who, user))
 }
 
-/// Unix seconds now.
-fn now() -> u64 {
-    u64::try_from(crate::revocation::unix_now()).unwrap_or(0)
-}
+use crate::tokens::unix_secs as now;

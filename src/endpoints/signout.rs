@@ -20,7 +20,7 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
     let leeway = i64::try_from(id.auth.keys.leeway_secs).unwrap_or(0);
     let now = i64::try_from(now()).unwrap_or(i64::MAX);
     let revocation = if all {
-        let ttl = i64::try_from(id.issuer_ttl()).unwrap_or(0);
+        let ttl = i64::try_from(id.issuer.ttl_secs()).unwrap_or(0);
         // Every token issued up to and including this second.
         Revocation::AllOfUser {
             user_id: user,

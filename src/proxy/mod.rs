@@ -6,7 +6,6 @@ mod ctx;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,6 +40,8 @@ pub struct Gateway {
     pub identity: Option<Arc<Identity>>,
     /// Requests in flight, for graceful shutdown.
     pub in_flight: Arc<crate::drain::InFlight>,
+    /// Metric handles per route, resolved at start (see [`crate::metrics::TableMetrics`]).
+    pub metrics: crate::metrics::TableMetrics,
 }
 
 /// What the gateway does with a request after looking at its header.
@@ -120,9 +121,8 @@ impl Gateway {
         match self.cors.check(req, cookie_auth, endpoint.is_some()) {
             Verdict::Pass => {}
             Verdict::Preflight => {
-                let mut head = ResponseHeader::build(204, Some(6)).expect("204 is valid");
+                let mut head = crate::problem::head(204, None, 0, "no-store");
                 self.cors.preflight_headers(req, &mut head);
-                let _ = head.insert_header("content-length", "0");
                 return Decision::Respond(Box::new(head), Bytes::new());
             }
             Verdict::Refuse(why) => {
@@ -178,10 +178,12 @@ impl Gateway {
         let Some(doc) = self.auth.keys.jwks() else {
             return Decision::problem(ctx, &Problem::new(Code::NotFound));
         };
-        let mut head = ResponseHeader::build(200, Some(3)).expect("200 is valid");
-        let _ = head.insert_header("content-type", "application/jwk-set+json");
-        let _ = head.insert_header("content-length", doc.len().to_string());
-        let _ = head.insert_header("cache-control", "public, max-age=300");
+        let head = crate::problem::head(
+            200,
+            Some("application/jwk-set+json"),
+            doc.len(),
+            "public, max-age=300",
+        );
         Decision::Respond(Box::new(head), doc.clone())
     }
 
@@ -274,31 +276,6 @@ async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<B
     }
 }
 
-/// A status code as a label without a heap allocation per request.
-fn itoa_status(status: u16) -> StatusLabel {
-    let mut b = [b'0'; 3];
-    let mut n = status.min(999);
-    for slot in b.iter_mut().rev() {
-        *slot = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        n /= 10;
-    }
-    StatusLabel(b)
-}
-
-struct StatusLabel([u8; 3]);
-
-impl StatusLabel {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("000")
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Writes a gateway-made response, with the request id.
 async fn respond(
     session: &mut Session,
@@ -349,7 +326,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match self.admit(session.req_header_mut(), ctx, unix_now()) {
+        match self.admit(session.req_header_mut(), ctx, tokens::unix_secs()) {
             Decision::Proxy => Ok(false),
             Decision::Respond(head, body) => {
                 respond(session, ctx, head, body).await?;
@@ -359,7 +336,7 @@ impl ProxyHttp for Gateway {
                 let answer = self.serve_identity(session, endpoint).await;
                 let status = answer.as_ref().map_or_else(Problem::status, |r| r.status);
                 crate::metrics::IDENTITY_REQUESTS
-                    .with_label_values(&[endpoint.as_str(), itoa_status(status).as_str()])
+                    .with_label_values(&[endpoint.as_str(), status.to_string().as_str()])
                     .inc();
                 let (head, body) = match answer {
                     Ok(reply) => endpoints::response(&reply),
@@ -412,9 +389,11 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::metrics::UPSTREAM_CONNECTIONS
-            .with_label_values(&[if reused { "true" } else { "false" }])
-            .inc();
+        if reused {
+            crate::metrics::UPSTREAM_REUSED.inc();
+        } else {
+            crate::metrics::UPSTREAM_NEW.inc();
+        }
         Ok(())
     }
 
@@ -424,9 +403,10 @@ impl ProxyHttp for Gateway {
         _response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(started), Some(route)) = (ctx.upstream_started.take(), ctx.route) {
-            crate::metrics::UPSTREAM_SECONDS
-                .with_label_values(&[self.routes.routes()[route].pattern.as_str()])
+        if let Some(started) = ctx.upstream_started.take() {
+            self.metrics
+                .route(ctx.route)
+                .upstream_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
         Ok(())
@@ -474,13 +454,9 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.map(|i| self.routes.routes()[i].pattern.as_str());
-        let route_label = route.unwrap_or("none");
-        let status_buf = itoa_status(status);
-        crate::metrics::REQUESTS
-            .with_label_values(&[route_label, status_buf.as_str()])
-            .inc();
-        crate::metrics::REQUEST_SECONDS
-            .with_label_values(&[route_label])
+        let m = self.metrics.route(ctx.route);
+        m.requests(status).inc();
+        m.request_seconds
             .observe(ctx.started.elapsed().as_secs_f64());
         if let Some(code) = ctx.rejection {
             crate::metrics::REJECTIONS
