@@ -109,10 +109,22 @@ fn report(problems: &[String]) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Pingora's crates log whole request headers at debug (a forwarded Bearer token among them):
+/// they never go below info, whatever `RUST_LOG` asks.
+const PINGORA_CLAMPS: [&str; 4] = [
+    "pingora_proxy=info",
+    "pingora_core=info",
+    "pingora_http=info",
+    "pingora_load_balancing=info",
+];
+
 /// JSON lines on stderr, filtered by `RUST_LOG` (default `info`).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for clamp in PINGORA_CLAMPS {
+        filter = filter.add_directive(clamp.parse().expect("static directive"));
+    }
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

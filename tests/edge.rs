@@ -2202,6 +2202,30 @@ fn logs_are_json_lines_with_one_access_line_per_request_and_follow_rust_log() {
 }
 
 #[test]
+fn tokens_stay_out_of_the_logs_even_at_debug_and_on_proxy_errors() {
+    // forward_token keeps the Bearer header on the way upstream, where Pingora's debug log
+    // prints the whole request header; a dead upstream makes Pingora log an error line
+    // naming the request, query string included by default.
+    let sub = new_sub();
+    let token = token_for(&sub);
+    let gw = Gateway::start(&config(HS_TOKENS, "", ""), &[("RUST_LOG", "debug")]);
+    let r = bearer(&gw, &format!("/fwd/{sub}"), &token);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.seen().one("authorization").is_some(),
+        "forward_token kept the credential"
+    );
+    let dead = config(HS_TOKENS, "", "").replace("{UPSTREAM}", &dead_addr().to_string());
+    let gw2 = Gateway::start(&dead, &[("RUST_LOG", "debug")]);
+    let r = gw2.get(&format!("/public/x?access_token={token}"), &[]);
+    assert_eq!(r.status, 502);
+    std::thread::sleep(Duration::from_millis(200));
+    for logs in [gw.stderr(), gw2.stderr()] {
+        assert!(!logs.contains(&token), "a token reached the logs at debug");
+    }
+}
+
+#[test]
 fn sigterm_on_an_idle_gateway_exits_0_without_waiting_out_the_grace_period() {
     // grace_period_secs defaults to 10: with nothing in flight the gateway must not wait it out.
     let mut gw = hs_gateway();

@@ -451,6 +451,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Pingora's error lines name the request with this. Its default includes the query
+    /// string, where a client may have put a token: method, path and host only.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.map(|i| self.routes.routes()[i].pattern.as_str());
