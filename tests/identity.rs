@@ -910,3 +910,51 @@ fn metrics_cover_edge_identity_store_and_bcrypt_without_identifying_anyone() {
         assert!(!text.contains(secret), "metrics identify someone");
     }
 }
+
+/// `[cookie]` decides the cookie's `Secure` and `SameSite`; the defaults are tested above.
+#[test]
+fn cookie_attributes_follow_the_config() {
+    let db = Db::new(Store::Sqlite);
+    let cfg = config(&db.url, "").replace(
+        "name = \"pc_tok\"",
+        "name = \"pc_tok\"\nsecure = false\nsame_site = \"Lax\"",
+    );
+    let g = Gateway::start(&cfg, &[]);
+    let r = register(&g, &email());
+    let cookie = r.header("set-cookie").expect("auth cookie").to_owned();
+    assert!(
+        cookie.contains("SameSite=Lax") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "{cookie}");
+}
+
+/// Passwords are stored as bcrypt hashes at the default cost 12, never in the clear.
+#[test]
+fn passwords_are_stored_as_bcrypt_cost_12_never_in_the_clear() {
+    let db = Db::new(Store::Sqlite);
+    let cfg = config(&db.url, "").replace("[password]\nbcrypt_cost = 10\n", "");
+    let g = Gateway::start(&cfg, &[]);
+    let mail = email();
+    assert_eq!(register(&g, &mail).status, 201);
+    let file = g.dir.path().join("identity.db");
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let hash: String = conn
+        .query_row(
+            "SELECT password_hash FROM users WHERE email = ?1",
+            [&mail],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(hash.starts_with("$2b$12$"), "{hash}");
+    let raw = std::fs::read(&file).unwrap();
+    let wal = std::fs::read(g.dir.path().join("identity.db-wal")).unwrap_or_default();
+    for bytes in [raw, wal] {
+        assert!(
+            !bytes
+                .windows(PASSWORD.len())
+                .any(|w| w == PASSWORD.as_bytes()),
+            "the password is stored in the clear"
+        );
+    }
+}
