@@ -169,8 +169,9 @@ fn assert_accepted(gw: &Gateway, token: &str, sub: &str) -> Seen {
     seen
 }
 
-fn is_uuid_v4(s: &str) -> bool {
-    uuid::Uuid::parse_str(s).is_ok_and(|u| u.get_version_num() == 4)
+/// Generated request ids are UUIDs (RFC 9562 version 8: per-thread random prefix + keyed counter).
+fn is_generated_request_id(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok_and(|u| u.get_version_num() == 8)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1096,7 +1097,10 @@ fn insane_request_id_is_replaced_by_a_generated_one() {
         assert_eq!(r.status, 200, "{id:?}: {}", r.text());
         let echoed = r.request_id().expect("x-request-id").to_string();
         assert_ne!(echoed, id, "insane id {id:?} must be replaced");
-        assert!(is_uuid_v4(&echoed), "generated id is a UUID v4: {echoed:?}");
+        assert!(
+            is_generated_request_id(&echoed),
+            "generated id is a UUID: {echoed:?}"
+        );
         assert_eq!(
             r.seen().all("x-request-id"),
             vec![echoed],
@@ -1112,7 +1116,7 @@ fn absent_request_id_is_generated_and_reaches_upstream() {
     let r2 = gw.get("/public/x", &[]);
     let id1 = r1.request_id().expect("x-request-id").to_string();
     let id2 = r2.request_id().expect("x-request-id").to_string();
-    assert!(is_uuid_v4(&id1), "{id1}");
+    assert!(is_generated_request_id(&id1), "{id1}");
     assert_ne!(id1, id2, "each request gets its own id");
     assert_eq!(r1.seen().all("x-request-id"), vec![id1]);
 }
@@ -1147,7 +1151,7 @@ fn request_id_is_on_gateway_made_responses() {
         let id = r
             .request_id()
             .unwrap_or_else(|| panic!("{path}: no x-request-id on {status}"));
-        assert!(is_uuid_v4(id), "{path}: generated id {id:?}");
+        assert!(is_generated_request_id(id), "{path}: generated id {id:?}");
         h.push(("X-Request-Id", "trace-42"));
         let r = gw.get(path, &h);
         assert_eq!(r.status, *status);
