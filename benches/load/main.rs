@@ -1,0 +1,846 @@
+//! The side-by-side load harness: `cargo bench --bench load`.
+//!
+//! In one run it starts a fast upstream (nginx returning a fixed body), Portcullis (release
+//! build) with HS256 and with EdDSA, and HAProxy verifying HS256 with the peer config, then
+//! measures with `wrk`, alternating targets round by round and reporting medians:
+//! the upstream direct, Portcullis on a public route, on a required route with HS256, with
+//! EdDSA, and HAProxy. It also measures the gateway's RSS holding 1000 idle keep-alive
+//! connections. The table goes to stdout and to `docs/PERFORMANCE.md` with the machine.
+//!
+//! Needs `nginx`, `haproxy` and `wrk` on PATH (Debian: nginx-light, haproxy, wrk); it says so
+//! and exits non-zero when one is missing. Knobs (environment): `LOAD_SECONDS` (5),
+//! `LOAD_ROUNDS` (3), `LOAD_CONNECTIONS` (64), `LOAD_THREADS` (2).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod client;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const SECRET: &str = "load-harness-secret-load-harness-secret-0123";
+const SUB: &str = "5f0c3c9e-4d7a-4a43-9c1e-0b8f1f2d3e4a";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on drop (nginx runs without a master process, so killing the one
+/// process leaves no orphaned worker behind to skew the next run).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "load harness: `{tool}` is missing (Debian: apt-get install nginx-light haproxy wrk)"
+        );
+        std::process::exit(2);
+    }
+}
+
+fn tokens(dir: &Path) -> (String, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": SUB, "email": "load@example.com", "iat": now, "exp": now + 7200,
+        "jti": "6b1d1a44-3e4b-4d3f-8a2b-1c2d3e4f5a6b", "iss": "portcullis", "aud": "portcullis"});
+    let hs = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let pem = std::fs::read(manifest().join("tests/fixtures/keys/ed25519.pem")).unwrap();
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some("load".into());
+    let ed = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_pem(&pem).unwrap()).unwrap();
+    let _ = dir;
+    (hs, ed)
+}
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn start_nginx(dir: &Path, port: u16) -> Proc {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {pid};\nerror_log {dir}/nginx-error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+               client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};\n\
+               uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            pid = dir.join("nginx.pid").display(),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "-e",
+            dir.join("nginx-error.log").to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx");
+    wait_port(port, "nginx");
+    Proc(child)
+}
+
+/// A gateway under test: the process and its admin port (for `/metrics`).
+struct Gw {
+    proc: Proc,
+    admin: u16,
+}
+
+fn start_portcullis(dir: &Path, name: &str, port: u16, upstream: u16, tokens: &str) -> Gw {
+    let admin = free_port();
+    let conf = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+threads = 2
+grace_period_secs = 0
+[store]
+url = "sqlite://{dir}/{name}.db"
+{tokens}
+[rate_limit]
+# The sign-in flood must reach bcrypt (a flood from many addresses would): no per-IP cut-off.
+per_ip_per_minute = 100000000
+failed_signins_per_email_per_minute = 100000000
+[[upstream]]
+name = "app"
+addrs = ["127.0.0.1:{upstream}"]
+[[route]]
+path = "/api/{{user_id}}/{{*rest}}"
+upstream = "app"
+auth = "required"
+owner = "user_id"
+[[route]]
+path = "/public/{{*rest}}"
+upstream = "app"
+auth = "public"
+"#,
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let bin = manifest().join("target/release/portcullis");
+    let child = Command::new(bin)
+        .args(["serve", "--config", conf.to_str().unwrap()])
+        .env("LOAD_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("portcullis release binary (cargo build --release)");
+    wait_port(port, "portcullis");
+    Gw {
+        proc: Proc(child),
+        admin,
+    }
+}
+
+fn start_haproxy(dir: &Path, port: u16, upstream: u16) -> Proc {
+    let shared = manifest().join("../shared/peers/haproxy-jwt.cfg");
+    let cfg = if shared.exists() {
+        shared
+    } else {
+        manifest().join("benches/haproxy-jwt.cfg")
+    };
+    let child = Command::new("haproxy")
+        .args(["-f", cfg.to_str().unwrap()])
+        .env("HAP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HAP_UPSTREAM", format!("127.0.0.1:{upstream}"))
+        .env("HAP_SECRET", SECRET)
+        .env("HAP_THREADS", "2")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy");
+    wait_port(port, "haproxy");
+    Proc(child)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    /// wrk's socket errors (connect, read, write, timeout), summed.
+    socket_errors: u64,
+}
+
+fn parse_ms(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => v / 1000.0,
+        "s" => v * 1000.0,
+        _ => v,
+    }
+}
+
+fn wrk(url: &str, token: Option<&str>, secs: u64, conns: u64, threads: u64) -> Sample {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        &threads.to_string(),
+        "-c",
+        &conns.to_string(),
+        "-d",
+        &format!("{secs}s"),
+        "--latency",
+    ]);
+    let header;
+    if let Some(t) = token {
+        header = format!("Authorization: Bearer {t}");
+        cmd.args(["-H", &header]);
+    }
+    let out = cmd.arg(url).output().expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut s = Sample::default();
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            s.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = l.strip_prefix("50%") {
+            s.p50_ms = parse_ms(v);
+        } else if let Some(v) = l.strip_prefix("99%") {
+            s.p99_ms = parse_ms(v);
+        } else if let Some(v) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            s.non_2xx = v.trim().parse().unwrap_or(0);
+        } else if let Some(v) = l.strip_prefix("Socket errors:") {
+            s.socket_errors = v
+                .split(',')
+                .filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        }
+    }
+    s
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// RSS of `pid` in MiB after opening `n` idle keep-alive connections through `port`.
+fn rss_with_idle_connections(pid: u32, port: u16, n: usize) -> (f64, f64, usize) {
+    let before = rss_mib(pid);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            break;
+        };
+        let _ = s.write_all(b"GET /public/x HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf);
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    (before, rss_mib(pid), conns.len())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {}",
+        mem.replace("MemTotal:", "RAM")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Knobs {
+    secs: u64,
+    rounds: u64,
+    conns: u64,
+    threads: u64,
+}
+
+/// Alternating rounds over every target; the median of each.
+fn measure(targets: &[(&str, String, Option<&str>)], k: Knobs) -> Vec<Sample> {
+    let Knobs {
+        secs,
+        rounds,
+        conns,
+        threads,
+    } = k;
+    // Warm-up: one short run each.
+    for (_, url, tok) in targets {
+        wrk(url, *tok, 1, conns, threads);
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        for (i, (name, url, tok)) in targets.iter().enumerate() {
+            let s = wrk(url, *tok, secs, conns, threads);
+            eprintln!(
+                "round {round} {name}: {:.0} req/s p50 {:.3} ms p99 {:.3} ms non-2xx {}",
+                s.rps, s.p50_ms, s.p99_ms, s.non_2xx
+            );
+            assert_eq!(
+                s.non_2xx, 0,
+                "{name} answered non-2xx under load: the setup is wrong"
+            );
+            samples[i].push(s);
+        }
+    }
+    samples
+        .iter()
+        .map(|v| Sample {
+            rps: median(v.iter().map(|s| s.rps).collect()),
+            p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
+            p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
+            ..Sample::default()
+        })
+        .collect()
+}
+
+/// Reads one counter (summed over its label sets) from a gateway's `/metrics`.
+fn counter(admin: u16, name: &str, label: &str) -> f64 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)) else {
+        return f64::NAN;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Latency at a fixed rate: the same rate against the upstream direct, the gateway's required
+/// route and HAProxy, alternating rounds; medians of p50 / p99.
+struct AtRate {
+    rate: f64,
+    /// (name, median sample) per target.
+    rows: Vec<(String, client::RateSample)>,
+}
+
+fn at_fixed_rate(targets: &[(&str, u16, Vec<u8>)], rate: f64, k: Knobs) -> AtRate {
+    let conns = 16;
+    let mut samples: Vec<Vec<client::RateSample>> = vec![Vec::new(); targets.len()];
+    for round in 0..k.rounds {
+        for (i, (name, port, req)) in targets.iter().enumerate() {
+            let s = client::fixed_rate(*port, req, rate, k.secs, conns);
+            eprintln!(
+                "fixed rate {rate:.0}/s round {round} {name}: sent {:.0}/s p50 {:.3} ms p99 {:.3} ms errors {}",
+                s.sent_per_sec, s.p50_ms, s.p99_ms, s.errors
+            );
+            assert_eq!(s.errors, 0, "{name} failed requests at a fixed rate");
+            samples[i].push(s);
+        }
+    }
+    let rows = targets
+        .iter()
+        .zip(samples)
+        .map(|((name, _, _), v)| {
+            let m = client::RateSample {
+                sent_per_sec: median(v.iter().map(|s| s.sent_per_sec).collect()),
+                p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
+                p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
+                errors: 0,
+            };
+            ((*name).to_owned(), m)
+        })
+        .collect();
+    AtRate { rate, rows }
+}
+
+/// The required route with and without a sign-in flood at ten times what bcrypt can serve,
+/// alternating rounds.
+struct FloodResult {
+    signin_ms: f64,
+    capacity: f64,
+    calm: Sample,
+    flooded: Sample,
+    flood: client::FloodReport,
+}
+
+fn under_flood(port: u16, url: &str, token: &str, k: Knobs) -> FloodResult {
+    let signin_ms = client::signin_ms(port, 5);
+    #[allow(clippy::cast_precision_loss)]
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+    // The bcrypt pool has one worker per core.
+    let capacity = cores * 1000.0 / signin_ms;
+    let mut calm = Vec::new();
+    let mut flooded = Vec::new();
+    let mut report = client::FloodReport::default();
+    for round in 0..k.rounds {
+        let c = wrk(url, Some(token), k.secs, k.conns, k.threads);
+        let flood = client::Flood::start(port, capacity * 10.0, 32);
+        std::thread::sleep(Duration::from_millis(500));
+        let f = wrk(url, Some(token), k.secs, k.conns, k.threads);
+        let r = flood.finish();
+        eprintln!(
+            "flood round {round}: calm {:.0} req/s p99 {:.3} ms; flooded {:.0} req/s p99 {:.3} ms; flood {:?}",
+            c.rps, c.p99_ms, f.rps, f.p99_ms, r.statuses
+        );
+        assert_eq!(
+            c.non_2xx + f.non_2xx,
+            0,
+            "the required route failed requests"
+        );
+        calm.push(c);
+        flooded.push(f);
+        report.sent += r.sent;
+        report.secs += r.secs;
+        for (s, n) in &r.statuses {
+            *report.statuses.entry(*s).or_default() += n;
+        }
+        // The last round's refusal latencies stand for the run.
+        report.refusal_p50_ms = r.refusal_p50_ms;
+        report.refusal_p99_ms = r.refusal_p99_ms;
+    }
+    let med = |v: &[Sample]| Sample {
+        rps: median(v.iter().map(|s| s.rps).collect()),
+        p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
+        p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
+        ..Sample::default()
+    };
+    FloodResult {
+        signin_ms,
+        capacity,
+        calm: med(&calm),
+        flooded: med(&flooded),
+        flood: report,
+    }
+}
+
+/// 1000 concurrent connections through the required route for `secs`, RSS sampled each second.
+struct Soak {
+    secs: u64,
+    conns: u64,
+    run: Sample,
+    rss_start: f64,
+    rss_after_warmup: f64,
+    rss_end: f64,
+    rss_max: f64,
+}
+
+fn soak(pid: u32, url: &str, token: &str, secs: u64) -> Soak {
+    let conns = 1000;
+    let rss_start = rss_mib(pid);
+    let sampler = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        for _ in 0..secs {
+            std::thread::sleep(Duration::from_secs(1));
+            v.push(rss_mib(pid));
+        }
+        v
+    });
+    let run = wrk(url, Some(token), secs, conns, 2);
+    let rss = sampler.join().expect("rss sampler");
+    eprintln!(
+        "soak: {:.0} req/s, non-2xx {}, socket errors {}, rss {rss:?}",
+        run.rps, run.non_2xx, run.socket_errors
+    );
+    let warm = rss.len() / 5;
+    Soak {
+        secs,
+        conns,
+        run,
+        rss_start,
+        rss_after_warmup: rss.get(warm).copied().unwrap_or(f64::NAN),
+        rss_end: rss.last().copied().unwrap_or(f64::NAN),
+        rss_max: rss.iter().copied().fold(f64::NAN, f64::max),
+    }
+}
+
+/// Everything one run measured.
+struct Results<'a> {
+    names: Vec<&'a str>,
+    med: Vec<Sample>,
+    rss: (f64, f64, usize),
+    new_upstream_per_1000: f64,
+    at_rate: AtRate,
+    flood: FloodResult,
+    soak: Soak,
+}
+
+/// A Markdown table: a header row, the alignment row (first column left, the rest right), rows.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let align: Vec<&str> = (0..header.len())
+        .map(|i| if i == 0 { "---" } else { "---:" })
+        .collect();
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(out, "| {} |", align.join(" | "));
+    for cells in rows {
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+fn throughput_section(res: &Results, out: &mut String) {
+    let rows: Vec<Vec<String>> = res
+        .names
+        .iter()
+        .zip(&res.med)
+        .map(|(name, s)| {
+            vec![
+                (*name).into(),
+                format!("{:.0}", s.rps),
+                ms(s.p50_ms),
+                ms(s.p99_ms),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["target", "req/s (median)", "p50 ms", "p99 ms"],
+        &rows,
+    );
+    let _ = writeln!(
+        out,
+        "\nAt a fixed rate of {:.0} requests/s (half the required route's maximum above), 16 connections, \
+         latency counted from when each request was due:\n",
+        res.at_rate.rate
+    );
+    let rows: Vec<Vec<String>> = res
+        .at_rate
+        .rows
+        .iter()
+        .map(|(name, s)| {
+            vec![
+                name.clone(),
+                format!("{:.0}", s.sent_per_sec),
+                ms(s.p50_ms),
+                ms(s.p99_ms),
+            ]
+        })
+        .collect();
+    table(out, &["target", "sent/s", "p50 ms", "p99 ms"], &rows);
+}
+
+fn flood_and_soak_section(res: &Results, out: &mut String) {
+    let flood = &res.flood;
+    let statuses = flood
+        .flood
+        .statuses
+        .iter()
+        .map(|(status, n)| {
+            if *status == 0 {
+                format!("transport error × {n}")
+            } else {
+                format!("{status} × {n}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "\nSign-in flood: one sign-in costs {:.0} ms of bcrypt, so the pool serves about {:.1}/s; the flood \
+         offered {:.1}/s (10× that) of unknown-email sign-ins with the per-IP limit lifted, and got: {statuses}; \
+         refusals answered in p50 {:.2} ms / p99 {:.2} ms.\n",
+        flood.signin_ms,
+        flood.capacity,
+        flood.capacity * 10.0,
+        flood.flood.refusal_p50_ms,
+        flood.flood.refusal_p99_ms,
+    );
+    table(
+        out,
+        &["required route, HS256", "req/s (median)", "p99 ms"],
+        &[
+            vec![
+                "without the flood".into(),
+                format!("{:.0}", flood.calm.rps),
+                ms(flood.calm.p99_ms),
+            ],
+            vec![
+                "during the flood".into(),
+                format!("{:.0}", flood.flooded.rps),
+                ms(flood.flooded.p99_ms),
+            ],
+        ],
+    );
+    let soak = &res.soak;
+    let _ = writeln!(
+        out,
+        "\nSoak: {} concurrent connections on the required route for {} s: {:.0} req/s, {} non-2xx, {} socket errors; \
+         RSS {:.1} MiB before, {:.1} MiB after the first fifth, {:.1} MiB at the end (max {:.1} MiB).",
+        soak.conns,
+        soak.secs,
+        soak.run.rps,
+        soak.run.non_2xx,
+        soak.run.socket_errors,
+        soak.rss_start,
+        soak.rss_after_warmup,
+        soak.rss_end,
+        soak.rss_max
+    );
+}
+
+fn ratios_section(res: &Results, out: &mut String) {
+    let med = &res.med;
+    let ratio = |a: usize, b: usize| format!("{:.3}", med[a].rps / med[b].rps);
+    let direct_p99 = res.at_rate.rows[0].1.p99_ms;
+    let gw_p99 = res.at_rate.rows[1].1.p99_ms;
+    let (rss_before, rss_after, held) = res.rss;
+    let flood = &res.flood;
+    let rows: Vec<Vec<String>> = [
+        ("required HS256 / public", ratio(2, 1), "≥ 0.95"),
+        ("required HS256 / HAProxy jwt_verify", ratio(2, 4), "≥ 1.0"),
+        ("required EdDSA / public", ratio(3, 1), "—"),
+        ("public / upstream direct", ratio(1, 0), "—"),
+        (
+            "p99 added over direct, required HS256, at half its maximum load",
+            format!("{:.3} ms", gw_p99 - direct_p99),
+            "≤ 1 ms",
+        ),
+        (
+            "RSS holding idle keep-alive connections",
+            format!("{rss_after:.1} MiB for {held} (idle before: {rss_before:.1} MiB)"),
+            "≤ 64 MiB for 1000",
+        ),
+        (
+            "required route under a sign-in flood / without",
+            format!("{:.3}", flood.flooded.rps / flood.calm.rps),
+            "≥ 0.8",
+        ),
+        (
+            "its p99 under the flood / without",
+            format!("{:.2}", flood.flooded.p99_ms / flood.calm.p99_ms),
+            "≤ 1.5",
+        ),
+        (
+            "new upstream connections per 1000 proxied requests",
+            format!("{:.2}", res.new_upstream_per_1000),
+            "—",
+        ),
+    ]
+    .into_iter()
+    .map(|(what, measured, target)| vec![what.into(), measured, target.into()])
+    .collect();
+    table(out, &["ratio", "measured", "target"], &rows);
+}
+
+fn write_report(res: &Results, knobs: Knobs) {
+    let Knobs {
+        secs,
+        rounds,
+        conns,
+        threads,
+    } = knobs;
+    let mut body = String::new();
+    throughput_section(res, &mut body);
+    flood_and_soak_section(res, &mut body);
+    body.push('\n');
+    ratios_section(res, &mut body);
+    let report = format!(
+        "## Latest run\n\nMachine: {}. `wrk -t{threads} -c{conns} -d{secs}s`, {rounds} alternating rounds, medians; \
+         every process (wrk, nginx, the gateways, HAProxy) shares the same cores.\n\n{body}",
+        machine()
+    );
+    println!("{report}");
+    let doc = manifest().join("docs/PERFORMANCE.md");
+    let old = std::fs::read_to_string(&doc).unwrap_or_default();
+    let kept = old
+        .split("## Latest run")
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned();
+    let preamble = if kept.is_empty() {
+        "# Performance\n\nProduced by `cargo bench --bench load` (see `benches/load/`). Figures are ratios \
+         measured side by side in one run; absolute numbers depend on the machine.\n"
+            .to_owned()
+    } else {
+        kept
+    };
+    std::fs::write(&doc, format!("{preamble}\n\n{report}")).unwrap();
+    eprintln!("wrote {}", doc.display());
+}
+
+/// How many of the gateway's upstream connections so far were new, per 1000 proxied requests.
+fn new_upstream_per_1000(admin: u16) -> f64 {
+    let metric = "portcullis_upstream_connections_total";
+    let new = counter(admin, metric, "reused=\"false\"");
+    let reused = counter(admin, metric, "reused=\"true\"");
+    new * 1000.0 / (new + reused)
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench targets with `--test`/`--bench` flags in test mode:
+    // do nothing then, the harness is for `cargo bench --bench load` only.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    for tool in ["nginx", "haproxy", "wrk"] {
+        require(tool);
+    }
+    let k = Knobs {
+        secs: env_or("LOAD_SECONDS", 5),
+        rounds: env_or("LOAD_ROUNDS", 3),
+        conns: env_or("LOAD_CONNECTIONS", 64),
+        threads: env_or("LOAD_THREADS", 2),
+    };
+    let soak_secs = env_or("LOAD_SOAK_SECONDS", 60);
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--quiet"])
+        .current_dir(manifest())
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "release build failed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (hs, ed) = tokens(dir.path());
+    let up = free_port();
+    let _nginx = start_nginx(dir.path(), up);
+    let (p_hs, p_ed, p_hap) = (free_port(), free_port(), free_port());
+    let gw_hs = start_portcullis(
+        dir.path(),
+        "hs",
+        p_hs,
+        up,
+        "[tokens]\nsecret_env = \"LOAD_SECRET\"\n",
+    );
+    let ed_pem = manifest().join("tests/fixtures/keys/ed25519.pem");
+    let _gw_ed = start_portcullis(
+        dir.path(),
+        "ed",
+        p_ed,
+        up,
+        &format!(
+            "[tokens]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"{}\"\nkid = \"load\"\n",
+            ed_pem.display()
+        ),
+    );
+    let _hap = start_haproxy(dir.path(), p_hap, up);
+
+    let api = format!("/api/{SUB}/tasks/1");
+    let required = format!("http://127.0.0.1:{p_hs}{api}");
+    let targets: Vec<(&str, String, Option<&str>)> = vec![
+        (
+            "upstream direct (nginx)",
+            format!("http://127.0.0.1:{up}{api}"),
+            None,
+        ),
+        (
+            "portcullis public route",
+            format!("http://127.0.0.1:{p_hs}/public/x"),
+            None,
+        ),
+        ("portcullis required, HS256", required.clone(), Some(&hs)),
+        (
+            "portcullis required, EdDSA",
+            format!("http://127.0.0.1:{p_ed}{api}"),
+            Some(&ed),
+        ),
+        (
+            "haproxy jwt_verify HS256",
+            format!("http://127.0.0.1:{p_hap}{api}"),
+            Some(&hs),
+        ),
+    ];
+    let med = measure(&targets, k);
+    let new_upstream_per_1000 = new_upstream_per_1000(gw_hs.admin);
+
+    let rate_targets = [
+        ("upstream direct (nginx)", up, client::get(&api, None)),
+        (
+            "portcullis required, HS256",
+            p_hs,
+            client::get(&api, Some(&hs)),
+        ),
+        (
+            "haproxy jwt_verify HS256",
+            p_hap,
+            client::get(&api, Some(&hs)),
+        ),
+    ];
+    let at_rate = at_fixed_rate(&rate_targets, med[2].rps / 2.0, k);
+    let flood = under_flood(p_hs, &required, &hs, k);
+    let rss = rss_with_idle_connections(gw_hs.proc.0.id(), p_hs, 1000);
+    let soak = soak(gw_hs.proc.0.id(), &required, &hs, soak_secs);
+
+    let results = Results {
+        names: targets.iter().map(|t| t.0).collect(),
+        med,
+        rss,
+        new_upstream_per_1000,
+        at_rate,
+        flood,
+        soak,
+    };
+    write_report(&results, k);
+}
