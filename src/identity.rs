@@ -199,7 +199,9 @@ thread_local! {
 
 /// A request id that is unique without a system call per request (`getrandom` per request
 /// showed in the profile): a random per-thread prefix, and a per-thread counter passed
-/// through a keyed bijection so ids do not reveal how many requests a thread has served.
+/// through a bijection (so never repeated) after a random per-thread XOR, so ids do not count
+/// up visibly. They are correlation ids, not secrets: nothing may rely on them being
+/// unguessable.
 /// Shaped as an RFC 9562 UUIDv8 (custom layout).
 fn fresh_request_id() -> uuid::Uuid {
     REQUEST_IDS.with(|cell| {
