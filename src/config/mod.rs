@@ -657,10 +657,11 @@ fn issuers(p: &mut Problems, raw: &[file::Issuer], local_issuer: &str) -> Vec<Is
                 iss.issuer
             ));
         }
-        if iss.refresh_secs == 0 || iss.refresh_secs > 86_400 {
+        let refresh_ok = (1..=86_400).contains(&iss.refresh_secs);
+        if !refresh_ok {
             p.add(format!("{at}: refresh_secs must be between 1 and 86400"));
         }
-        if iss.min_refresh_secs == 0 || iss.min_refresh_secs > iss.refresh_secs.max(1) {
+        if iss.min_refresh_secs == 0 || (refresh_ok && iss.min_refresh_secs > iss.refresh_secs) {
             p.add(format!(
                 "{at}: min_refresh_secs must be between 1 and refresh_secs ({})",
                 iss.refresh_secs

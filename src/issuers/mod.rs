@@ -235,7 +235,7 @@ impl ExternalIssuer {
         let n = st.failures_in_a_row;
         drop(st);
         // The first failure of a run and then every tenth, not one line per retry.
-        if n == 1 || n % 10 == 0 {
+        if n == 1 || n.is_multiple_of(10) {
             tracing::warn!(
                 issuer = %self.conf.name,
                 url = %self.conf.jwks_url.url,

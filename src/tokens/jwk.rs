@@ -257,7 +257,10 @@ mod tests {
         assert_eq!(parsed.skipped.len(), unusable.len(), "{:?}", parsed.skipped);
 
         for bad in unusable {
-            assert!(parse_jwks(&doc(&[bad.clone()])).is_err(), "{bad}");
+            assert!(
+                parse_jwks(&doc(std::slice::from_ref(&bad))).is_err(),
+                "{bad}"
+            );
         }
     }
 

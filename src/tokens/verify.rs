@@ -308,14 +308,11 @@ impl Unverified<'_, '_> {
 }
 
 /// A mapped claim: absent, or a string; present with another type makes the token invalid.
-fn string_claim<'a>(
-    v: Option<Option<Cow<'a, str>>>,
-    why: &'static str,
-) -> Result<Option<Cow<'a, str>>, TokenError> {
+fn string_claim<'a>(v: Claim<'a>, why: &'static str) -> Result<Option<Cow<'a, str>>, TokenError> {
     match v {
-        Some(None) => Err(TokenError::Invalid(why)),
-        Some(Some(s)) => Ok(Some(s)),
-        None => Ok(None),
+        Claim::Other => Err(TokenError::Invalid(why)),
+        Claim::Str(s) => Ok(Some(s)),
+        Claim::Absent => Ok(None),
     }
 }
 
@@ -328,11 +325,18 @@ fn email_value(email: Option<&str>) -> Result<Option<HeaderValue>, TokenError> {
     }
 }
 
-/// The two claims an external issuer's mapping names, read from the payload: `None` when
-/// absent, `Some(None)` when present but not a string (which makes the token invalid).
+/// The two claims an external issuer's mapping names, read from the payload.
 struct Mapped<'a> {
-    user_id: Option<Option<Cow<'a, str>>>,
-    email: Option<Option<Cow<'a, str>>>,
+    user_id: Claim<'a>,
+    email: Claim<'a>,
+}
+
+/// One mapped claim: absent, a string, or present with another JSON type (invalid).
+#[derive(Clone)]
+enum Claim<'a> {
+    Absent,
+    Str(Cow<'a, str>),
+    Other,
 }
 
 struct MappedSeed<'n>(ClaimNames<'n>);
@@ -354,8 +358,8 @@ impl<'de> Visitor<'de> for MappedSeed<'_> {
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Mapped {
-            user_id: None,
-            email: None,
+            user_id: Claim::Absent,
+            email: Claim::Absent,
         };
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let is_id = key == self.0.user_id;
@@ -364,23 +368,24 @@ impl<'de> Visitor<'de> for MappedSeed<'_> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            if (is_id && out.user_id.is_some()) || (is_email && out.email.is_some()) {
+            let seen = |c: &Claim<'_>| !matches!(c, Claim::Absent);
+            if (is_id && seen(&out.user_id)) || (is_email && seen(&out.email)) {
                 return Err(de::Error::custom("duplicate claim"));
             }
             let value = map.next_value::<MaybeStr<'de>>()?.0;
             if is_id {
-                out.user_id = Some(value.clone());
+                out.user_id = value.clone();
             }
             if is_email {
-                out.email = Some(value);
+                out.email = value;
             }
         }
         Ok(out)
     }
 }
 
-/// A claim value: the string, or `None` for any other JSON type.
-struct MaybeStr<'a>(Option<Cow<'a, str>>);
+/// A claim value: the string, or [`Claim::Other`] for any other JSON type.
+struct MaybeStr<'a>(Claim<'a>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -391,33 +396,33 @@ impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
                 f.write_str("any JSON value")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(MaybeStr(Some(Cow::Borrowed(v))))
+                Ok(MaybeStr(Claim::Str(Cow::Borrowed(v))))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(MaybeStr(Some(Cow::Owned(v.to_owned()))))
+                Ok(MaybeStr(Claim::Str(Cow::Owned(v.to_owned()))))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr(Claim::Other))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr(Claim::Other))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr(Claim::Other))
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr(Claim::Other))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(MaybeStr(None))
+                Ok(MaybeStr(Claim::Other))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(MaybeStr(None))
+                Ok(MaybeStr(Claim::Other))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(MaybeStr(None))
+                Ok(MaybeStr(Claim::Other))
             }
         }
         d.deserialize_any(V)
