@@ -79,6 +79,60 @@ impl JwksServer {
         }
     }
 
+    /// The same endpoint over TLS, with `cert_chain` / `key` (PEM files).
+    fn start_tls(answer: Answer, cert_chain: &std::path::Path, key: &std::path::Path) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(cert_chain)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let port = free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the JWKS server");
+        listener.set_nonblocking(true).unwrap();
+        let answer = Arc::new(Mutex::new(answer));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let up = Arc::new(AtomicBool::new(true));
+        let (a, f, u) = (Arc::clone(&answer), Arc::clone(&fetches), Arc::clone(&up));
+        let accept_loop = thread::spawn(move || {
+            while u.load(Ordering::SeqCst) {
+                let Ok((tcp, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (a, f, config) = (Arc::clone(&a), Arc::clone(&f), Arc::clone(&config));
+                thread::spawn(move || {
+                    let _ = tcp.set_nonblocking(false);
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    // The handshake happens on first use; a client refusing our certificate
+                    // ends it here, before any request is read (and counted).
+                    answer_one(&mut tls, &a, &f);
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        Self {
+            port,
+            answer,
+            fetches,
+            up,
+            accept_loop: Some(accept_loop),
+        }
+    }
+
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/api/auth/jwks", self.port)
     }
@@ -106,9 +160,14 @@ impl Drop for JwksServer {
     }
 }
 
-fn serve_jwks(mut stream: TcpStream, answer: &Mutex<Answer>, fetches: &AtomicUsize) {
+fn serve_jwks(stream: TcpStream, answer: &Mutex<Answer>, fetches: &AtomicUsize) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    answer_one(stream, answer, fetches);
+}
+
+/// Reads one request head, counts it, writes the answer.
+fn answer_one(mut stream: impl Read + Write, answer: &Mutex<Answer>, fetches: &AtomicUsize) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -139,6 +198,7 @@ fn serve_jwks(mut stream: TcpStream, answer: &Mutex<Answer>, fetches: &AtomicUsi
         }
     };
     let _ = stream.write_all(response.as_bytes());
+    let _ = stream.flush();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -813,4 +873,159 @@ fn signout_and_me_refuse_an_external_token_with_403() {
     assert_problem(&out, 403, "forbidden");
     // Nothing was revoked: the token still passes the edge.
     assert_eq!(bearer(&gw, "/req/x", &token).status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// https
+// ---------------------------------------------------------------------------------------------
+
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("`openssl` must be installed (apt-get install -y openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA, a server certificate it signed for `localhost` / 127.0.0.1, and an unrelated CA.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn generate() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &p(&format!("{ca}.key")),
+                "-out",
+                &p(&format!("{ca}.pem")),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=Portcullis test {ca}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("server.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &p("server.ext"),
+        ]);
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[test]
+fn an_https_jwks_is_trusted_only_behind_a_certificate_that_verifies() {
+    let pki = Pki::generate();
+    let ba = JwksServer::start_tls(
+        jwks(&[k1()]),
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+    );
+    let url = format!("https://localhost:{}/api/auth/jwks", ba.port);
+    let token = ba_token("u1");
+    let start = |ca: &str| {
+        let ca = pki.path(ca).to_string_lossy().into_owned();
+        Gateway::start_with(
+            CONFIG,
+            &[
+                ("SSL_CERT_FILE", ca.as_str()),
+                ("SSL_CERT_DIR", "/nonexistent"),
+            ],
+            &[
+                ("JWKS", url.clone()),
+                ("REFRESH", "3600".into()),
+                ("MIN_REFRESH", "1".into()),
+            ],
+        )
+    };
+
+    // Roots that hold the server's CA: fetched over TLS, tokens accepted.
+    let trusting = start("ca.pem");
+    wait_ready(&trusting);
+    assert_identity(
+        &bearer(&trusting, "/req/x", &token).seen(),
+        Some(("u1", Some("u1@app.example.test"))),
+    );
+    assert!(ba.fetches() >= 1);
+
+    // Roots that do not: the handshake fails, nothing is fetched, never ready.
+    let fetched = ba.fetches();
+    let doubting = start("other-ca.pem");
+    wait_for("a failed TLS handshake", Duration::from_secs(10), || {
+        metric(
+            &doubting,
+            r#"portcullis_jwks_fetches_total{issuer="better-auth",result="tls"}"#,
+        )
+        .is_some_and(|v| v >= 2.0)
+    });
+    assert_eq!(
+        ba.fetches(),
+        fetched,
+        "no request was sent over the untrusted connection"
+    );
+    let r = readyz(&doubting);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.json()["issuers"]["better-auth"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("tls")),
+        "{}",
+        r.text()
+    );
+    assert_401(&bearer(&doubting, "/req/x", &token), "invalid_token", true);
 }
