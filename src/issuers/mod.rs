@@ -66,7 +66,9 @@ impl Issuers {
     pub fn update_age_gauges(&self) {
         for i in &self.list {
             if let Some(age) = i.age() {
-                i.age_gauge
+                // Created on the first fetch: an age of 0 before it would read as fresh.
+                crate::metrics::JWKS_AGE
+                    .with_label_values(&[i.conf.name.as_str()])
                     .set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
             }
         }
@@ -119,7 +121,6 @@ pub struct ExternalIssuer {
     status: Mutex<Status>,
     unknown_kid: prometheus::IntCounter,
     keys_gauge: prometheus::IntGauge,
-    age_gauge: prometheus::IntGauge,
 }
 
 impl ExternalIssuer {
@@ -134,7 +135,6 @@ impl ExternalIssuer {
         Self {
             unknown_kid: crate::metrics::JWKS_UNKNOWN_KID.with_label_values(&[name]),
             keys_gauge: crate::metrics::JWKS_KEYS.with_label_values(&[name]),
-            age_gauge: crate::metrics::JWKS_AGE.with_label_values(&[name]),
             keys: ArcSwap::from_pointee(empty),
             conf,
             leeway_secs,
@@ -207,7 +207,9 @@ impl ExternalIssuer {
         )));
         self.keys_gauge
             .set(i64::try_from(count).unwrap_or(i64::MAX));
-        self.age_gauge.set(0);
+        crate::metrics::JWKS_AGE
+            .with_label_values(&[self.conf.name.as_str()])
+            .set(0);
         {
             let mut st = self
                 .status

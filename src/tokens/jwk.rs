@@ -224,6 +224,63 @@ mod tests {
         assert!(parsed.skipped.is_empty());
     }
 
+    /// Tokens signed elsewhere (`jsonwebtoken`) verify with the keys read from the JWKS, each
+    /// only under its own algorithm.
+    #[test]
+    fn tokens_of_each_algorithm_verify_with_the_parsed_keys() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let body = doc(&[
+            jwk_of(Alg::EdDSA, ED_PEM, "ed"),
+            jwk_of(Alg::ES256, P256_PEM, "ec"),
+            jwk_of(Alg::RS256, RSA_PEM, "rs"),
+        ]);
+        let keys = crate::tokens::KeySet::external(
+            parse_jwks(&body).unwrap().keys,
+            "https://idp".into(),
+            "app".into(),
+            30,
+        );
+        let now = crate::tokens::unix_secs();
+        let claims = json!({"sub":"u-1","email":"u@idp","iat":now,"exp":now + 60,
+                            "iss":"https://idp","aud":"app"});
+        let names = crate::tokens::verify::ClaimNames {
+            user_id: "sub",
+            email: "email",
+        };
+        let check = |token: &str| {
+            let mut scratch = crate::tokens::verify::Scratch::new();
+            crate::tokens::verify::parse(token.as_bytes(), &mut scratch)
+                .and_then(|t| t.check(&keys, Some(names), now))
+        };
+        let sign = |alg, key: EncodingKey, kid: &str| {
+            let mut h = Header::new(alg);
+            h.kid = Some(kid.into());
+            jsonwebtoken::encode(&h, &claims, &key).unwrap()
+        };
+        let ed = || EncodingKey::from_ed_pem(ED_PEM).unwrap();
+        let ec = || EncodingKey::from_ec_pem(P256_PEM).unwrap();
+        let rs = || EncodingKey::from_rsa_pem(RSA_PEM).unwrap();
+        for token in [
+            sign(Algorithm::EdDSA, ed(), "ed"),
+            sign(Algorithm::ES256, ec(), "ec"),
+            sign(Algorithm::RS256, rs(), "rs"),
+        ] {
+            let who = check(&token).unwrap();
+            assert_eq!(who.sub(), "u-1");
+            assert!(who.external && who.user_uuid.is_none() && who.jti.is_none());
+        }
+        // A key under another kid, or an algorithm the key is not for: refused.
+        assert!(check(&sign(Algorithm::ES256, ec(), "rs")).is_err());
+        assert!(check(&sign(Algorithm::EdDSA, ed(), "ec")).is_err());
+        assert!(check(&sign(Algorithm::RS256, rs(), "ed")).is_err());
+        let hs = sign(
+            Algorithm::HS256,
+            EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+            "ed",
+        );
+        assert!(check(&hs).is_err());
+    }
+
     #[test]
     fn a_key_without_alg_or_use_gets_the_algorithm_its_type_implies() {
         let mut k = jwk_of(Alg::EdDSA, ED_PEM, "ed");

@@ -662,6 +662,50 @@ mod tests {
     }
 
     #[test]
+    fn an_external_mapping_reads_the_named_claims_strictly() {
+        let names = ClaimNames {
+            user_id: "uid",
+            email: "mail",
+        };
+        let check = |extra: &str| {
+            let payload = format!(
+                r#"{{"iss":"portcullis","aud":"portcullis","exp":{},{extra}}}"#,
+                NOW + 60
+            );
+            let signed = format!(
+                "{}.{}",
+                B64.encode(json!({"alg":"HS256"}).to_string()),
+                B64.encode(payload)
+            );
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET);
+            let t = format!(
+                "{signed}.{}",
+                B64.encode(aws_lc_rs::hmac::sign(&key, signed.as_bytes()).as_ref())
+            );
+            let mut scratch = Scratch::new();
+            parse(t.as_bytes(), &mut scratch)?.check(&keys(), Some(names), NOW)
+        };
+        let who = check(r#""uid":"u-9","mail":"m@x","sub":"ignored""#).unwrap();
+        assert_eq!(who.sub(), "u-9");
+        assert_eq!(who.email.unwrap(), "m@x");
+        assert!(who.external && who.jti.is_none() && who.user_uuid.is_none());
+        assert!(check(r#""uid":"u-9""#).unwrap().email.is_none());
+        for (extra, why) in [
+            (r#""sub":"s""#, "missing user id claim"),
+            (r#""uid":42"#, "user id claim is not a string"),
+            (r#""uid":"a","mail":["m"]"#, "email claim is not a string"),
+            (r#""uid":"a","uid":"b""#, "bad claims"),
+            (r#""uid":"a b""#, "user id is not a usable header value"),
+        ] {
+            assert_eq!(
+                check(extra).unwrap_err(),
+                TokenError::Invalid(why),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
     fn duplicate_claims_are_refused() {
         let signed = format!(
             "{}.{}",
