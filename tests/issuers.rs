@@ -674,6 +674,32 @@ fn a_jwks_outage_keeps_the_last_good_keys_and_the_gateway_ready() {
 }
 
 #[test]
+fn cache_control_max_age_paces_the_refresh_within_min_refresh_and_refresh() {
+    let body = json!({ "keys": [k1()] }).to_string();
+    let ba = JwksServer::start(Answer::Ok(body.clone(), Some("public, max-age=2")));
+    let gw = gateway(&ba.url(), 3600, 1);
+    wait_ready(&gw);
+    // max-age=2: refetched at 9/10 of it, although refresh_secs is an hour.
+    let before = ba.fetches();
+    thread::sleep(Duration::from_millis(4500));
+    let paced = ba.fetches() - before;
+    assert!(
+        (2..=4).contains(&paced),
+        "max-age=2 over 4.5 s: expected 2 to 4 refetches, saw {paced}"
+    );
+    // no-store asks for every request: still at most one fetch per min_refresh_secs (1 s).
+    ba.set(Answer::Ok(body, Some("no-store")));
+    thread::sleep(Duration::from_secs(2));
+    let before = ba.fetches();
+    thread::sleep(Duration::from_secs(3));
+    let eager = ba.fetches() - before;
+    assert!(
+        (1..=4).contains(&eager),
+        "no-store over 3 s with min_refresh_secs = 1: saw {eager} fetches"
+    );
+}
+
+#[test]
 fn starting_with_the_jwks_down_is_not_ready_until_the_first_fetch_succeeds() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/api/auth/jwks");

@@ -250,8 +250,9 @@ pub struct Issuer {
     /// the longest a fetched set is kept before it is fetched again.
     #[serde(default = "default_refresh")]
     pub refresh_secs: u64,
-    /// Fewest seconds between two fetches, whatever asks for one (an unknown `kid`, a short
-    /// `max-age`): what bounds the JWKS traffic a spray of forged tokens can cause.
+    /// Fewest seconds between two successful-path fetches, whatever asks for one (an unknown
+    /// `kid`, a short `max-age`): what bounds the JWKS traffic a spray of forged tokens can
+    /// cause. Retries after a failed fetch follow their own backoff.
     #[serde(default = "default_min_refresh")]
     pub min_refresh_secs: u64,
     /// One fetch, connect to last byte, must finish within this.

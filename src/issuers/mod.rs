@@ -284,8 +284,11 @@ impl ExternalIssuer {
                     .inc();
                 self.install(parsed);
                 *backoff = FIRST_BACKOFF;
-                // Refresh before expiry: at 9/10 of the lifetime.
-                self.lifetime(fetched.max_age).mul_f64(0.9)
+                // Refresh before expiry, at 9/10 of the lifetime, but never sooner than
+                // `min_refresh` after this fetch.
+                self.lifetime(fetched.max_age)
+                    .mul_f64(0.9)
+                    .max(self.conf.min_refresh)
             }
             Err(e) => {
                 self.failed("invalid", &e);
