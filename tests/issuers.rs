@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,6 +36,10 @@ enum Answer {
     Redirect(String),
     /// Accept, read, never answer.
     Hang,
+    /// 200 with this body in chunks of 100 bytes (`Transfer-Encoding: chunked`).
+    Chunked(String),
+    /// 200 with this body, no length: it ends when the connection closes.
+    UntilClose(String),
 }
 
 /// A JWKS endpoint on 127.0.0.1 whose answer the test sets, counting the requests it gets.
@@ -195,6 +200,22 @@ fn answer_one(mut stream: impl Read + Write, answer: &Mutex<Answer>, fetches: &A
         Answer::Hang => {
             thread::sleep(Duration::from_secs(20));
             return;
+        }
+        Answer::Chunked(body) => {
+            let mut out = String::from(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            );
+            for chunk in body.as_bytes().chunks(100) {
+                let chunk = std::str::from_utf8(chunk).unwrap();
+                let _ = write!(out, "{:x}\r\n{chunk}\r\n", chunk.len());
+            }
+            out.push_str("0\r\n\r\n");
+            out
+        }
+        Answer::UntilClose(body) => {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{body}"
+            )
         }
     };
     let _ = stream.write_all(response.as_bytes());
@@ -697,6 +718,23 @@ fn cache_control_max_age_paces_the_refresh_within_min_refresh_and_refresh() {
         (1..=4).contains(&eager),
         "no-store over 3 s with min_refresh_secs = 1: saw {eager} fetches"
     );
+}
+
+#[test]
+fn jwks_answers_in_chunks_or_ended_by_close_are_read() {
+    let ba = JwksServer::start(Answer::Chunked(json!({ "keys": [k1()] }).to_string()));
+    let gw = gateway(&ba.url(), 3600, 1);
+    wait_ready(&gw);
+    assert_eq!(bearer(&gw, "/req/x", &ba_token("u1")).status, 200);
+
+    // The next set arrives without a length; an unknown kid fetches it.
+    ba.set(Answer::UntilClose(
+        json!({ "keys": [k1(), k2()] }).to_string(),
+    ));
+    let new = ed_token("ed25519-old.pem", "ba-2", &ba_claims("u1"));
+    wait_for("the set read to the close", Duration::from_secs(5), || {
+        bearer(&gw, "/req/x", &new).status == 200
+    });
 }
 
 #[test]
