@@ -601,6 +601,10 @@ fn a_rotated_key_is_trusted_after_a_bounded_refetch_and_the_old_one_while_publis
         Some(("u1", Some("u1@app.example.test"))),
     );
 
+    // With two keys published a token must name its key: none is tried blindly.
+    let no_kid = sign_pem(Algorithm::EdDSA, "ed25519.pem", None, &ba_claims("u1"));
+    assert_401(&bearer(&gw, "/req/x", &no_kid), "invalid_token", true);
+
     // ba-1 retired: it stops being trusted once the set is fetched again.
     ba.set(jwks(&[k2()]));
     let probe = ed_token("ed25519.pem", "ba-probe", &ba_claims("u1"));
@@ -613,6 +617,9 @@ fn a_rotated_key_is_trusted_after_a_bounded_refetch_and_the_old_one_while_publis
         },
     );
     assert_eq!(bearer(&gw, "/req/x", &new).status, 200);
+    // One key published again: a token without kid is checked against it.
+    let no_kid = sign_pem(Algorithm::EdDSA, "ed25519-old.pem", None, &ba_claims("u1"));
+    assert_eq!(bearer(&gw, "/req/x", &no_kid).status, 200);
 }
 
 #[test]

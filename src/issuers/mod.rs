@@ -165,11 +165,19 @@ impl ExternalIssuer {
     /// Verifies a token whose `iss` names this issuer, with the keys in force now.
     pub fn verify(&self, token: &Unverified<'_, '_>, now: u64) -> Result<Verified, TokenError> {
         let keys = self.keys.load();
-        if let Some(kid) = token.kid()
-            && !keys.has_kid(kid)
-        {
-            self.unknown_kid();
-            return Err(TokenError::Invalid("unknown kid"));
+        match token.kid() {
+            Some(kid) if !keys.has_kid(kid) => {
+                self.unknown_kid();
+                return Err(TokenError::Invalid("unknown kid"));
+            }
+            // Without a kid every key would be tried: with up to 32 published keys (RSA up to
+            // 8192 bits) one forged token could cost dozens of verifications.
+            None if keys.keys.len() > 1 => {
+                return Err(TokenError::Invalid(
+                    "no kid, and the issuer has several keys",
+                ));
+            }
+            _ => {}
         }
         let names = ClaimNames {
             user_id: &self.conf.user_id_claim,
