@@ -133,6 +133,7 @@ auth = "public"
         auth: std::sync::Arc::new(portcullis::tokens::Authenticator {
             keys: conf.keys,
             revocations: std::sync::Arc::default(),
+            issuers: std::sync::Arc::default(),
         }),
         cookie_name: conf.cookie.name,
         cors: conf.cors,

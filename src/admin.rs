@@ -1,5 +1,6 @@
 //! The private admin listener: `/healthz` (the process serves), `/readyz` (the gateway can do
-//! its job: keys loaded, store migrated and answering), `/metrics` (Prometheus text). Each
+//! its job: keys loaded, every external issuer's JWKS fetched once, store migrated and
+//! answering), `/metrics` (Prometheus text). Each
 //! path is one arm of `answer`.
 
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::issuers::Issuers;
 use crate::problem::{Code, Problem};
 use crate::store::StoreHealth;
 use crate::tokens::KeySet;
@@ -18,6 +20,9 @@ pub struct Admin {
     pub keys: Arc<KeySet>,
     /// Present when the gateway serves the identity endpoints: the store must answer.
     pub store_health: Option<Arc<StoreHealth>>,
+    /// External issuers: each must have fetched its JWKS once before the gateway is ready
+    /// (and stays ready on its last good keys while the endpoint fails).
+    pub issuers: Arc<Issuers>,
 }
 
 impl Admin {
@@ -30,17 +35,23 @@ impl Admin {
                 let keys = !self.keys.keys.is_empty();
                 let health = self.store_health.as_deref();
                 let store = health.is_none_or(StoreHealth::ready);
+                let issuers = self.issuers.ready();
+                let ready = keys && store && issuers;
                 let body = serde_json::json!({
-                    "status": if keys && store { "ready" } else { "not ready" },
+                    "status": if ready { "ready" } else { "not ready" },
                     "keys": keys,
                     "store": store,
                     "store_migrated": health.is_none_or(|h| h.migrated.load(std::sync::atomic::Ordering::Relaxed)),
                     "store_answers": health.is_none_or(|h| h.up.load(std::sync::atomic::Ordering::Relaxed)),
+                    "issuers": self.issuers.status(),
                 });
-                let status = if keys && store { 200 } else { 503 };
+                let status = if ready { 200 } else { 503 };
                 (status, "application/json", body.to_string().into_bytes())
             }
-            (true, "/metrics") => (200, "text/plain; version=0.0.4", crate::metrics::render()),
+            (true, "/metrics") => {
+                self.issuers.update_age_gauges();
+                (200, "text/plain; version=0.0.4", crate::metrics::render())
+            }
             _ => {
                 let p = Problem::new(Code::NotFound);
                 (p.status(), "application/problem+json", p.body().to_vec())

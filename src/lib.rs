@@ -13,6 +13,7 @@ pub mod drain;
 pub mod echo;
 pub mod endpoints;
 pub mod identity;
+pub mod issuers;
 pub mod metrics;
 pub mod password;
 pub mod path;
@@ -49,21 +50,16 @@ pub fn build(mut config: Config) -> Result<Server, String> {
         ..ServerConf::default()
     };
     metrics::init();
-    for issuer in &config.issuers {
-        // Fail closed, and say so: their tokens get 401 until external issuers are wired.
-        tracing::warn!(
-            issuer = %issuer.name,
-            "[[issuer]] is validated but not yet trusted by this build: its tokens are refused (401)"
-        );
-    }
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let keys = Arc::clone(&config.keys);
     let revocations = Arc::new(revocation::Revocations::default());
+    let issuers = Arc::new(issuers::Issuers::new(&config.issuers, keys.leeway_secs));
     let auth = Arc::new(tokens::Authenticator {
         keys: Arc::clone(&keys),
         revocations: Arc::clone(&revocations),
+        issuers: Arc::clone(&issuers),
     });
 
     let (opened, health) = start_store(&config.store)?;
@@ -103,6 +99,7 @@ pub fn build(mut config: Config) -> Result<Server, String> {
         admin::Admin {
             keys,
             store_health: Some(health),
+            issuers: Arc::clone(&issuers),
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());
@@ -114,6 +111,12 @@ pub fn build(mut config: Config) -> Result<Server, String> {
         "drain",
         drain::Drain { in_flight },
     ));
+    if !issuers.is_empty() {
+        server.add_service(pingora::services::background::background_service(
+            "jwks refresh",
+            issuers::JwksRefresh { issuers },
+        ));
+    }
     for check in health_checks {
         server.add_service(check);
     }

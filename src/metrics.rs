@@ -218,6 +218,62 @@ pub static STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// JWKS fetches of each external issuer, by result (`ok` or why it failed).
+pub static JWKS_FETCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "portcullis_jwks_fetches_total",
+                "JWKS fetches per external issuer, by result (ok, timeout, connect, tls, io, http, status, redirect, too_large, invalid)",
+            ),
+            &["issuer", "result"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Keys in force for each external issuer.
+pub static JWKS_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_keys",
+                "Verification keys in force per external issuer",
+            ),
+            &["issuer"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Age of the keys in force for each external issuer (absent before the first fetch).
+pub static JWKS_AGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_age_seconds",
+                "Seconds since the keys in force were fetched, per external issuer",
+            ),
+            &["issuer"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Tokens naming a `kid` the issuer's key set does not hold.
+pub static JWKS_UNKNOWN_KID: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "portcullis_jwks_unknown_kid_total",
+                "Tokens of an external issuer naming a kid its key set does not hold",
+            ),
+            &["issuer"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Always 1; the labels say which build is running.
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
@@ -314,6 +370,10 @@ pub fn init() {
     LazyLock::force(&PASSWORD_WAIT_SECONDS);
     LazyLock::force(&PASSWORD_REFUSED);
     LazyLock::force(&STORE_POOL);
+    LazyLock::force(&JWKS_FETCHES);
+    LazyLock::force(&JWKS_KEYS);
+    LazyLock::force(&JWKS_AGE);
+    LazyLock::force(&JWKS_UNKNOWN_KID);
 }
 
 /// The Prometheus text exposition of every metric.

@@ -589,6 +589,134 @@ fn several_problems_give_several_lines() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// [[issuer]]: checked offline (check-config never fetches a JWKS)
+// ---------------------------------------------------------------------------------------------
+
+/// A complete `[[issuer]]` whose JWKS server does not exist: check-config must not need it.
+const ISSUER: &str = r#"
+[[issuer]]
+name = "better-auth"
+jwks_url = "https://auth.invalid/api/auth/jwks"
+issuer = "https://app.example.com"
+audience = "https://app.example.com"
+user_id_claim = "sub"
+email_claim = "email"
+refresh_secs = 300
+min_refresh_secs = 30
+timeout_ms = 5000
+"#;
+
+fn with_issuer(from: &str, to: &str) -> String {
+    assert!(ISSUER.contains(from), "test bug: {from:?} not in ISSUER");
+    append(&ISSUER.replacen(from, to, 1))
+}
+
+#[test]
+fn an_issuer_passes_without_its_jwks_server_and_with_defaults() {
+    let c = check(&append(ISSUER));
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    // Only the four contract keys: claims, refresh and timeout take their defaults.
+    let minimal = append(
+        "[[issuer]]\nname = \"ba\"\njwks_url = \"http://localhost:3000/api/auth/jwks\"\n\
+         issuer = \"http://localhost:3000\"\naudience = \"http://localhost:3000\"\n",
+    );
+    let c = check(&minimal);
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+}
+
+#[test]
+fn unknown_key_in_issuer_is_rejected() {
+    assert_one_problem(
+        &check(&with_issuer(
+            "timeout_ms = 5000",
+            "timeout_ms = 5000\nrefresh = 60",
+        )),
+        &["refresh"],
+    );
+}
+
+#[test]
+fn issuer_refresh_bounds_are_checked() {
+    for (from, to, keyword) in [
+        ("refresh_secs = 300", "refresh_secs = 0", "refresh_secs"),
+        ("refresh_secs = 300", "refresh_secs = 86401", "refresh_secs"),
+        (
+            "min_refresh_secs = 30",
+            "min_refresh_secs = 0",
+            "min_refresh_secs",
+        ),
+        (
+            "min_refresh_secs = 30",
+            "min_refresh_secs = 301",
+            "min_refresh_secs",
+        ),
+        ("timeout_ms = 5000", "timeout_ms = 0", "timeout_ms"),
+        ("timeout_ms = 5000", "timeout_ms = 600000", "timeout_ms"),
+        // A negative number is a syntax-level error: one line naming the value and where it is.
+        ("refresh_secs = 300", "refresh_secs = -1", "`-1`"),
+    ] {
+        assert_one_problem(&check(&with_issuer(from, to)), &[keyword]);
+    }
+}
+
+#[test]
+fn issuer_jwks_url_must_be_https_except_on_loopback() {
+    for url in [
+        "http://auth.example.com/jwks",
+        "ftp://auth.example.com/jwks",
+        "https://user:pw@auth.example.com/jwks",
+        "not a url",
+    ] {
+        assert_one_problem(
+            &check(&with_issuer("https://auth.invalid/api/auth/jwks", url)),
+            &["jwks_url"],
+        );
+    }
+    let c = check(&with_issuer(
+        "https://auth.invalid/api/auth/jwks",
+        "http://127.0.0.1:3000/api/auth/jwks",
+    ));
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+}
+
+#[test]
+fn an_issuer_cannot_share_our_iss_or_another_issuers() {
+    assert_one_problem(
+        &check(&with_issuer(
+            "issuer = \"https://app.example.com\"",
+            "issuer = \"portcullis\"",
+        )),
+        &["tokens.issuer"],
+    );
+    let twice = format!(
+        "{}\n{}",
+        append(ISSUER),
+        ISSUER.replace("name = \"better-auth\"", "name = \"other\"")
+    );
+    assert_one_problem(&check(&twice), &["already"]);
+    let same_name = format!(
+        "{}\n{}",
+        append(ISSUER),
+        ISSUER.replace(
+            "issuer = \"https://app.example.com\"",
+            "issuer = \"https://x.example.com\""
+        )
+    );
+    assert_one_problem(&check(&same_name), &["defined twice"]);
+}
+
+#[test]
+fn empty_issuer_fields_are_rejected() {
+    assert_one_problem(
+        &check(&with_issuer(
+            "user_id_claim = \"sub\"",
+            "user_id_claim = \"\"",
+        )),
+        &["user_id_claim"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // serve refuses bad configs without binding anything
 // ---------------------------------------------------------------------------------------------
 

@@ -246,6 +246,28 @@ pub struct Issuer {
     pub user_id_claim: String,
     #[serde(default = "default_email")]
     pub email_claim: String,
+    /// Seconds between JWKS fetches when the answer carries no `Cache-Control: max-age`, and
+    /// the longest a fetched set is kept before it is fetched again.
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
+    /// Fewest seconds between two successful-path fetches, whatever asks for one (an unknown
+    /// `kid`, a short `max-age`): what bounds the JWKS traffic a spray of forged tokens can
+    /// cause. Retries after a failed fetch follow their own backoff.
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_secs: u64,
+    /// One fetch, connect to last byte, must finish within this.
+    #[serde(default = "default_jwks_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_refresh() -> u64 {
+    300
+}
+fn default_min_refresh() -> u64 {
+    30
+}
+fn default_jwks_timeout() -> u64 {
+    5_000
 }
 
 fn default_sub() -> String {

@@ -35,7 +35,22 @@ pub struct Config {
     pub cors: crate::cors::CorsPolicy,
     pub upstreams: Vec<Upstream>,
     pub routes: RouteTable,
-    pub issuers: Vec<file::Issuer>,
+    pub issuers: Vec<Issuer>,
+}
+
+/// An external issuer whose tokens are trusted (`[[issuer]]`), validated.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub name: String,
+    pub jwks_url: crate::issuers::fetch::Target,
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    pub audience: String,
+    pub user_id_claim: String,
+    pub email_claim: String,
+    pub refresh: Duration,
+    pub min_refresh: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -206,7 +221,7 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
     .unwrap_or_default();
     let upstreams = upstreams(&mut p, &raw.upstream);
     let routes = routes(&mut p, &raw.route, &upstreams);
-    issuers(&mut p, &raw.issuer);
+    let issuers = issuers(&mut p, &raw.issuer, &raw.tokens.issuer);
 
     match (listen, admin_listen, tokens, keys, cookie) {
         (Some(listen), Some(admin_listen), Some(tokens), Some(keys), Some(cookie))
@@ -228,7 +243,7 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
                 cors,
                 upstreams,
                 routes,
-                issuers: raw.issuer,
+                issuers,
             })
         }
         _ => Err(p.0),
@@ -608,16 +623,18 @@ fn routes(p: &mut Problems, raw: &[file::Route], upstreams: &[Upstream]) -> Rout
     table
 }
 
-fn issuers(p: &mut Problems, raw: &[file::Issuer]) {
+fn issuers(p: &mut Problems, raw: &[file::Issuer], local_issuer: &str) -> Vec<Issuer> {
+    let mut out = Vec::new();
     for (i, iss) in raw.iter().enumerate() {
         let at = format!("issuer `{}`", iss.name);
         if raw[..i].iter().any(|o| o.name == iss.name) {
             p.add(format!("{at} is defined twice"));
         }
-        if !(iss.jwks_url.starts_with("https://") || iss.jwks_url.starts_with("http://")) {
-            p.add(format!("{at}: jwks_url must be an http(s) URL"));
-        }
+        let target = crate::issuers::fetch::Target::parse(&iss.jwks_url)
+            .map_err(|e| p.add(format!("{at}: jwks_url {e}")))
+            .ok();
         for (key, v) in [
+            ("name", &iss.name),
             ("issuer", &iss.issuer),
             ("audience", &iss.audience),
             ("user_id_claim", &iss.user_id_claim),
@@ -627,7 +644,47 @@ fn issuers(p: &mut Problems, raw: &[file::Issuer]) {
                 p.add(format!("{at}: {key} must not be empty"));
             }
         }
+        // `iss` picks the keys a token is checked with: it must name one key set only.
+        if iss.issuer == local_issuer {
+            p.add(format!(
+                "{at}: issuer `{}` is tokens.issuer; an external issuer needs its own",
+                iss.issuer
+            ));
+        }
+        if raw[..i].iter().any(|o| o.issuer == iss.issuer) {
+            p.add(format!(
+                "{at}: issuer `{}` is already another [[issuer]]'s",
+                iss.issuer
+            ));
+        }
+        let refresh_ok = (1..=86_400).contains(&iss.refresh_secs);
+        if !refresh_ok {
+            p.add(format!("{at}: refresh_secs must be between 1 and 86400"));
+        }
+        if iss.min_refresh_secs == 0 || (refresh_ok && iss.min_refresh_secs > iss.refresh_secs) {
+            p.add(format!(
+                "{at}: min_refresh_secs must be between 1 and refresh_secs ({})",
+                iss.refresh_secs
+            ));
+        }
+        if !(100..=60_000).contains(&iss.timeout_ms) {
+            p.add(format!("{at}: timeout_ms must be between 100 and 60000"));
+        }
+        if let Some(target) = target {
+            out.push(Issuer {
+                name: iss.name.clone(),
+                jwks_url: target,
+                issuer: iss.issuer.clone(),
+                audience: iss.audience.clone(),
+                user_id_claim: iss.user_id_claim.clone(),
+                email_claim: iss.email_claim.clone(),
+                refresh: Duration::from_secs(iss.refresh_secs),
+                min_refresh: Duration::from_secs(iss.min_refresh_secs),
+                timeout: Duration::from_millis(iss.timeout_ms),
+            });
+        }
     }
+    out
 }
 
 #[cfg(test)]

@@ -269,10 +269,13 @@ fn authenticated_user(
         .auth
         .authenticate(token, now())
         .map_err(|code| Problem::new(code).token_presented(true))?;
-    // An external issuer's token: nothing of ours to sign out of or to show.
-    let user = who
-        .user_uuid
-        .ok_or_else(|| Problem::new(Code::Forbidden).detail("This token was not issued here"))?;
+    // An external issuer's token (`[[issuer]]`): its user has no account here, so there is
+    // nothing of ours to sign out of or to show; signing out is the issuer's business.
+    let not_ours = || Problem::new(Code::Forbidden).detail("This token was not issued here");
+    if who.external {
+        return Err(not_ours());
+    }
+    let user = who.user_uuid.ok_or_else(not_ours)?;
     Ok((who, user))
 }
 

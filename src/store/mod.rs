@@ -6,6 +6,9 @@
 pub mod postgres;
 pub mod sqlite;
 
+/// The platform's trust anchors (also used for JWKS fetches over https).
+pub(crate) use postgres::tls::platform_roots;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

@@ -13,7 +13,7 @@
 //! - Error messages never contain the URL or the password.
 
 #[path = "tls.rs"]
-mod tls;
+pub(crate) mod tls;
 
 use std::fmt;
 use std::future::poll_fn;

@@ -177,7 +177,7 @@ fn load_roots(root: &RootCert) -> Result<RootCertStore, String> {
 /// also holds locally installed self-signed server certificates (the "snakeoil" one, hashed
 /// there by `c_rehash`), and those must not become trust anchors for every host. To trust such
 /// a certificate for the database, name it in `sslrootcert`.
-fn platform_roots() -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn platform_roots() -> Result<Vec<CertificateDer<'static>>, String> {
     let result = rustls_native_certs::load_native_certs();
     let certs: Vec<_> = result
         .certs

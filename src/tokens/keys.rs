@@ -165,6 +165,16 @@ impl VerifyKey {
         Self::public(kid, alg, &der, jwk)
     }
 
+    /// A key parsed elsewhere (from a fetched JWK): nothing to publish.
+    pub(crate) fn from_parsed(kid: Option<String>, alg: Alg, parsed: ParsedPublicKey) -> Self {
+        Self {
+            kid,
+            alg,
+            verifier: Verifier::Public(parsed),
+            jwk: None,
+        }
+    }
+
     fn public(
         kid: Option<String>,
         alg: Alg,
@@ -265,6 +275,27 @@ impl KeySet {
             leeway_secs,
             jwks,
         }
+    }
+
+    /// The keys of another issuer (fetched from its JWKS): never republished here.
+    pub fn external(
+        keys: Vec<VerifyKey>,
+        issuer: String,
+        audience: String,
+        leeway_secs: u64,
+    ) -> Self {
+        Self {
+            keys,
+            issuer,
+            audience,
+            leeway_secs,
+            jwks: None,
+        }
+    }
+
+    /// Is there a key with this id?
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
     /// The JWKS document (RFC 7517) when there are public keys to publish.

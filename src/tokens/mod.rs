@@ -1,8 +1,10 @@
-//! Tokens: the key set (`keys`), verification on the hot path (`verify`).
-//! Minting at sign-in (`issue`). [`Authenticator`] joins verification and revocation: the one
-//! check both the edge and the identity endpoints use.
+//! Tokens: the key set (`keys`), verification on the hot path (`verify`), external issuers'
+//! JWKS documents (`jwk`). Minting at sign-in (`issue`). [`Authenticator`] joins verification,
+//! the choice of key set by `iss`, and revocation: the one check both the edge and the
+//! identity endpoints use.
 
 pub mod issue;
+pub mod jwk;
 pub mod keys;
 pub mod verify;
 
@@ -11,6 +13,7 @@ pub use verify::{MAX_TOKEN_BYTES, TokenError, Verified, verify};
 
 use std::sync::Arc;
 
+use crate::issuers::Issuers;
 use crate::problem::Code;
 use crate::revocation::Revocations;
 
@@ -26,6 +29,9 @@ pub fn unix_secs() -> u64 {
 pub struct Authenticator {
     pub keys: Arc<KeySet>,
     pub revocations: Arc<Revocations>,
+    /// `[[issuer]]`s: a token whose `iss` names one is checked with that issuer's JWKS
+    /// snapshot, never with ours (and ours never with theirs).
+    pub issuers: Arc<Issuers>,
 }
 
 impl Authenticator {
@@ -44,13 +50,24 @@ impl Authenticator {
     }
 
     fn check(&self, token: &[u8], now: u64) -> Result<Verified, Code> {
-        let who = verify(token, &self.keys, now).map_err(|e| match e {
+        let refused = |e| match e {
             TokenError::Expired => Code::TokenExpired,
             TokenError::Invalid(reason) => {
                 tracing::debug!(reason, "token refused");
                 Code::InvalidToken
             }
-        })?;
+        };
+        let mut scratch = verify::Scratch::new();
+        let token = verify::parse(token, &mut scratch).map_err(refused)?;
+        let iss = token.iss();
+        if iss != Some(self.keys.issuer.as_str())
+            && let Some(external) = iss.and_then(|iss| self.issuers.by_iss(iss))
+        {
+            // Not our user: our revocations (jtis we minted, our users' sign-outs) do not
+            // apply; the issuer's own token lifetime does.
+            return external.verify(&token, now).map_err(refused);
+        }
+        let who = token.check(&self.keys, None, now).map_err(refused)?;
         if self
             .revocations
             .snapshot()

@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed as _, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
 use super::keys::{Alg, KeySet, VerifyKey};
 
@@ -44,8 +44,10 @@ pub struct Verified {
     pub iat: Option<u64>,
     /// `jti` when it is a UUID (ours always are): what a sign-out revokes.
     pub jti: Option<uuid::Uuid>,
-    /// `sub` when it is a UUID (our users' ids).
+    /// `sub` when it is a UUID (our users' ids); never set for an external issuer's token.
     pub user_uuid: Option<uuid::Uuid>,
+    /// Minted by an `[[issuer]]`, not by this gateway: not ours to revoke, sign out or show.
+    pub external: bool,
 }
 
 impl Verified {
@@ -88,6 +90,70 @@ struct Claims<'a> {
 
 /// Verify `token` against `keys` at `now` (seconds since the epoch).
 pub fn verify(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenError> {
+    let mut scratch = Scratch::new();
+    parse(token, &mut scratch)?.check(keys, None, now)
+}
+
+/// Where a token is decoded: on the caller's stack. Typical payloads fit the small buffer;
+/// only unusually large ones touch the heap.
+#[derive(Debug)]
+pub struct Scratch {
+    header: [u8; MAX_HEADER_B64],
+    sig: [u8; MAX_SIG_BYTES],
+    small: [u8; 768],
+    large: Vec<u8>,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            header: [0; MAX_HEADER_B64],
+            sig: [0; MAX_SIG_BYTES],
+            small: [0; 768],
+            large: Vec::new(),
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Which claims carry the identity of an external issuer's token (`[[issuer]]`
+/// `user_id_claim` / `email_claim`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimNames<'n> {
+    pub user_id: &'n str,
+    pub email: &'n str,
+}
+
+/// A token taken apart, not yet trusted: its `iss` only says which key set to check it with.
+pub struct Unverified<'s, 't> {
+    alg: Alg,
+    kid: Option<Cow<'s, str>>,
+    signed: &'t [u8],
+    sig: &'s [u8],
+    payload: &'s [u8],
+    claims: Claims<'s>,
+}
+
+impl fmt::Debug for Unverified<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unverified")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes the three parts of `token` into `scratch`. The claims are read before the signature
+/// is checked because `iss` picks the keys; nothing in them counts until [`Unverified::check`].
+pub fn parse<'s, 't>(
+    token: &'t [u8],
+    scratch: &'s mut Scratch,
+) -> Result<Unverified<'s, 't>, TokenError> {
     use TokenError::Invalid;
 
     if token.len() > MAX_TOKEN_BYTES {
@@ -99,9 +165,14 @@ pub fn verify(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenEr
     if header_b64.contains(&b'.') {
         return Err(Invalid("too many segments"));
     }
+    let Scratch {
+        header: header_buf,
+        sig: sig_buf,
+        small,
+        large,
+    } = scratch;
 
-    let mut header_buf = [0u8; MAX_HEADER_B64];
-    let header_bytes = decode_into(header_b64, &mut header_buf).ok_or(Invalid("bad header"))?;
+    let header_bytes = decode_into(header_b64, header_buf).ok_or(Invalid("bad header"))?;
     let header: Header<'_> =
         serde_json::from_slice(header_bytes).map_err(|_| Invalid("bad header"))?;
     if header.crit.is_some() {
@@ -110,75 +181,252 @@ pub fn verify(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenEr
     // `none` and every algorithm we do not configure end here.
     let alg = Alg::from_name(&header.alg).ok_or(Invalid("unsupported alg"))?;
 
-    let mut sig_buf = [0u8; MAX_SIG_BYTES];
-    let sig = decode_into(sig_b64, &mut sig_buf).ok_or(Invalid("bad signature encoding"))?;
+    let sig = decode_into(sig_b64, sig_buf).ok_or(Invalid("bad signature encoding"))?;
     if sig.is_empty() {
         return Err(Invalid("empty signature"));
     }
 
-    let verified_with = match header.kid.as_deref() {
-        Some(kid) => {
-            let key = keys
+    let payload_buf: &mut [u8] = if payload_b64.len() / 4 * 3 + 3 <= small.len() {
+        small
+    } else {
+        large.resize(payload_b64.len() / 4 * 3 + 3, 0);
+        large
+    };
+    let payload: &[u8] = decode_into(payload_b64, payload_buf).ok_or(Invalid("bad payload"))?;
+    let claims: Claims<'_> = serde_json::from_slice(payload).map_err(|_| Invalid("bad claims"))?;
+    Ok(Unverified {
+        alg,
+        kid: header.kid,
+        signed,
+        sig,
+        payload,
+        claims,
+    })
+}
+
+impl Unverified<'_, '_> {
+    /// The `iss` claim, as the token states it (unverified).
+    pub fn iss(&self) -> Option<&str> {
+        self.claims.iss.as_deref()
+    }
+
+    /// The `kid` header, as the token states it (unverified).
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// Checks the token against `keys`: issuer, signature (the algorithm pinned to the key),
+    /// expiry, audience. `names` is `None` for our own tokens (identity in `sub` / `email`,
+    /// `jti` and `sub` kept for revocation), else the external issuer's claim mapping.
+    pub fn check(
+        &self,
+        keys: &KeySet,
+        names: Option<ClaimNames<'_>>,
+        now: u64,
+    ) -> Result<Verified, TokenError> {
+        use TokenError::Invalid;
+
+        let claims = &self.claims;
+        if claims.iss.as_deref() != Some(keys.issuer.as_str()) {
+            return Err(Invalid("wrong issuer"));
+        }
+        let (alg, signed, sig) = (self.alg, self.signed, self.sig);
+        let verified_with = match self.kid.as_deref() {
+            Some(kid) => {
+                let key = keys
+                    .keys
+                    .iter()
+                    .find(|k| k.kid.as_deref() == Some(kid))
+                    .ok_or(Invalid("unknown kid"))?;
+                // The algorithm is pinned to the key: no symmetric/asymmetric swap.
+                (key.alg == alg && key.verifier.verify(signed, sig)).then_some(key)
+            }
+            None => keys
                 .keys
                 .iter()
-                .find(|k| k.kid.as_deref() == Some(kid))
-                .ok_or(Invalid("unknown kid"))?;
-            // The algorithm is pinned to the key: no symmetric/asymmetric swap.
-            (key.alg == alg && key.verifier.verify(signed, sig)).then_some(key)
+                .filter(|k| k.alg == alg)
+                .find(|k| k.verifier.verify(signed, sig)),
+        };
+        let _key: &VerifyKey = verified_with.ok_or(Invalid("signature does not verify"))?;
+
+        let exp = claims.exp.ok_or(Invalid("missing exp"))?;
+        if now > exp.saturating_add(keys.leeway_secs) {
+            return Err(TokenError::Expired);
         }
-        None => keys
-            .keys
-            .iter()
-            .filter(|k| k.alg == alg)
-            .find(|k| k.verifier.verify(signed, sig)),
-    };
-    let _key: &VerifyKey = verified_with.ok_or(Invalid("signature does not verify"))?;
+        if let Some(nbf) = claims.nbf
+            && nbf > now.saturating_add(keys.leeway_secs)
+        {
+            return Err(Invalid("not yet valid"));
+        }
+        if !claims
+            .aud
+            .as_ref()
+            .is_some_and(|a| a.contains(&keys.audience))
+        {
+            return Err(Invalid("wrong audience"));
+        }
+        let Some(names) = names else {
+            let sub = claims.sub.as_deref().ok_or(Invalid("missing sub"))?;
+            let user_id = header_value(sub).ok_or(Invalid("sub is not a usable header value"))?;
+            return Ok(Verified {
+                user_id,
+                email: email_value(claims.email.as_deref())?,
+                exp,
+                iat: claims.iat,
+                jti: claims
+                    .jti
+                    .as_deref()
+                    .and_then(|j| uuid::Uuid::try_parse(j).ok()),
+                user_uuid: uuid::Uuid::try_parse(sub).ok(),
+                external: false,
+            });
+        };
+        // Another issuer's user: its ids and jtis are not ours to revoke or look up.
+        let (user_id, email) = if names.user_id == "sub" && names.email == "email" {
+            (claims.sub.clone(), claims.email.clone())
+        } else {
+            let mapped = MappedSeed(names)
+                .deserialize(&mut serde_json::Deserializer::from_slice(self.payload))
+                .map_err(|_| Invalid("bad claims"))?;
+            (
+                string_claim(mapped.user_id, "user id claim is not a string")?,
+                string_claim(mapped.email, "email claim is not a string")?,
+            )
+        };
+        let user_id = user_id.ok_or(Invalid("missing user id claim"))?;
+        Ok(Verified {
+            user_id: header_value(&user_id)
+                .ok_or(Invalid("user id is not a usable header value"))?,
+            email: email_value(email.as_deref())?,
+            exp,
+            iat: claims.iat,
+            jti: None,
+            user_uuid: None,
+            external: true,
+        })
+    }
+}
 
-    // Payload: only after the signature holds do we spend effort on it.
-    // Typical payloads fit the stack buffer; only unusually large ones touch the heap.
-    let mut small = [0u8; 768];
-    let mut large;
-    let payload_buf: &mut [u8] = if payload_b64.len() / 4 * 3 + 3 <= small.len() {
-        &mut small
-    } else {
-        large = vec![0u8; payload_b64.len() / 4 * 3 + 3];
-        &mut large
-    };
-    let payload = decode_into(payload_b64, payload_buf).ok_or(Invalid("bad payload"))?;
-    let claims: Claims<'_> = serde_json::from_slice(payload).map_err(|_| Invalid("bad claims"))?;
+/// A mapped claim: absent, or a string; present with another type makes the token invalid.
+fn string_claim<'a>(v: Claim<'a>, why: &'static str) -> Result<Option<Cow<'a, str>>, TokenError> {
+    match v {
+        Claim::Other => Err(TokenError::Invalid(why)),
+        Claim::Str(s) => Ok(Some(s)),
+        Claim::Absent => Ok(None),
+    }
+}
 
-    let exp = claims.exp.ok_or(Invalid("missing exp"))?;
-    if now > exp.saturating_add(keys.leeway_secs) {
-        return Err(TokenError::Expired);
+fn email_value(email: Option<&str>) -> Result<Option<HeaderValue>, TokenError> {
+    match email {
+        Some(e) => Ok(Some(
+            header_value(e).ok_or(TokenError::Invalid("email is not a usable header value"))?,
+        )),
+        None => Ok(None),
     }
-    if let Some(nbf) = claims.nbf
-        && nbf > now.saturating_add(keys.leeway_secs)
-    {
-        return Err(Invalid("not yet valid"));
+}
+
+/// The two claims an external issuer's mapping names, read from the payload.
+struct Mapped<'a> {
+    user_id: Claim<'a>,
+    email: Claim<'a>,
+}
+
+/// One mapped claim: absent, a string, or present with another JSON type (invalid).
+#[derive(Clone)]
+enum Claim<'a> {
+    Absent,
+    Str(Cow<'a, str>),
+    Other,
+}
+
+struct MappedSeed<'n>(ClaimNames<'n>);
+
+impl<'de> de::DeserializeSeed<'de> for MappedSeed<'_> {
+    type Value = Mapped<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
     }
-    if claims.iss.as_deref() != Some(keys.issuer.as_str()) {
-        return Err(Invalid("wrong issuer"));
+}
+
+impl<'de> Visitor<'de> for MappedSeed<'_> {
+    type Value = Mapped<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a claims object")
     }
-    if !claims.aud.is_some_and(|a| a.contains(&keys.audience)) {
-        return Err(Invalid("wrong audience"));
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Mapped {
+            user_id: Claim::Absent,
+            email: Claim::Absent,
+        };
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let is_id = key == self.0.user_id;
+            let is_email = key == self.0.email;
+            if !is_id && !is_email {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let seen = |c: &Claim<'_>| !matches!(c, Claim::Absent);
+            if (is_id && seen(&out.user_id)) || (is_email && seen(&out.email)) {
+                return Err(de::Error::custom("duplicate claim"));
+            }
+            let value = map.next_value::<MaybeStr<'de>>()?.0;
+            if is_id {
+                out.user_id = value.clone();
+            }
+            if is_email {
+                out.email = value;
+            }
+        }
+        Ok(out)
     }
-    let sub = claims.sub.ok_or(Invalid("missing sub"))?;
-    let user_id = header_value(&sub).ok_or(Invalid("sub is not a usable header value"))?;
-    let email = match claims.email {
-        Some(e) => Some(header_value(&e).ok_or(Invalid("email is not a usable header value"))?),
-        None => None,
-    };
-    Ok(Verified {
-        user_id,
-        email,
-        exp,
-        iat: claims.iat,
-        jti: claims
-            .jti
-            .as_deref()
-            .and_then(|j| uuid::Uuid::try_parse(j).ok()),
-        user_uuid: uuid::Uuid::try_parse(&sub).ok(),
-    })
+}
+
+/// A claim value: the string, or [`Claim::Other`] for any other JSON type.
+struct MaybeStr<'a>(Claim<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MaybeStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Claim::Str(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Claim::Str(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Claim::Other))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Claim::Other))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Claim::Other))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Claim::Other))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Claim::Other))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(Claim::Other))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(Claim::Other))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn split_last_dot(b: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -411,6 +659,50 @@ mod tests {
         );
         let t = hs256(&json!({"alg":"HS256","crit":["exp"]}), &claims(), SECRET);
         assert!(verify(t.as_bytes(), &keys(), NOW).is_err());
+    }
+
+    #[test]
+    fn an_external_mapping_reads_the_named_claims_strictly() {
+        let names = ClaimNames {
+            user_id: "uid",
+            email: "mail",
+        };
+        let check = |extra: &str| {
+            let payload = format!(
+                r#"{{"iss":"portcullis","aud":"portcullis","exp":{},{extra}}}"#,
+                NOW + 60
+            );
+            let signed = format!(
+                "{}.{}",
+                B64.encode(json!({"alg":"HS256"}).to_string()),
+                B64.encode(payload)
+            );
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET);
+            let t = format!(
+                "{signed}.{}",
+                B64.encode(aws_lc_rs::hmac::sign(&key, signed.as_bytes()).as_ref())
+            );
+            let mut scratch = Scratch::new();
+            parse(t.as_bytes(), &mut scratch)?.check(&keys(), Some(names), NOW)
+        };
+        let who = check(r#""uid":"u-9","mail":"m@x","sub":"ignored""#).unwrap();
+        assert_eq!(who.sub(), "u-9");
+        assert_eq!(who.email.unwrap(), "m@x");
+        assert!(who.external && who.jti.is_none() && who.user_uuid.is_none());
+        assert!(check(r#""uid":"u-9""#).unwrap().email.is_none());
+        for (extra, why) in [
+            (r#""sub":"s""#, "missing user id claim"),
+            (r#""uid":42"#, "user id claim is not a string"),
+            (r#""uid":"a","mail":["m"]"#, "email claim is not a string"),
+            (r#""uid":"a","uid":"b""#, "bad claims"),
+            (r#""uid":"a b""#, "user id is not a usable header value"),
+        ] {
+            assert_eq!(
+                check(extra).unwrap_err(),
+                TokenError::Invalid(why),
+                "{extra}"
+            );
+        }
     }
 
     #[test]
