@@ -12,6 +12,7 @@ pub mod demo;
 pub mod drain;
 pub mod echo;
 pub mod endpoints;
+pub mod framing;
 pub mod identity;
 pub mod metrics;
 pub mod password;

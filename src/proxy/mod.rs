@@ -18,6 +18,7 @@ pub use ctx::RequestCtx;
 
 use crate::cors::{CorsPolicy, Verdict};
 use crate::endpoints::{self, Endpoint, Identity, MAX_BODY_BYTES};
+use crate::framing::{self, FramingError};
 use crate::identity::{self, Credential, X_REQUEST_ID};
 use crate::path;
 use crate::problem::{Code, Problem};
@@ -70,6 +71,20 @@ impl Gateway {
         // 1. The client never sets identity, on any route.
         identity::strip_identity_headers(req);
         ctx.request_id = Some(identity::request_id(req));
+        // 0. A head an upstream could frame differently, or too large to be honest, goes no
+        //    further (see `framing`).
+        if let Err(e) = framing::check(req) {
+            tracing::debug!(reason = ?e, "request head refused");
+            let detail = match e {
+                FramingError::TargetTooLong
+                | FramingError::HeaderTooLong
+                | FramingError::HeadTooLarge => "The request head is too large",
+                FramingError::RepeatedLength | FramingError::UnclearTransferEncoding => {
+                    "The request framing is ambiguous"
+                }
+            };
+            return Decision::problem(ctx, &Problem::new(Code::BadRequest).detail(detail));
+        }
 
         // 2. One spelling of the path for the route table and the upstream alike. Pingora keeps
         //    the raw target for the wire, so anything but origin-form is rewritten (absolute
