@@ -637,6 +637,116 @@ fn slow_header_senders_do_not_starve_other_clients() {
     slow.clear();
 }
 
+/// A gateway whose clients get 1 s to send a request head.
+fn quick_head_gateway() -> Gateway {
+    Gateway::start_with(
+        &CONFIG.replace(
+            "grace_period_secs = 0",
+            "grace_period_secs = 0\nrequest_head_timeout_ms = 1000",
+        ),
+        &[],
+        &[("STORE", "sqlite://{DIR}/hostile.db".to_owned())],
+    )
+}
+
+/// Reads until the peer closes (or 10 s pass): when it closed, and what it sent.
+fn wait_for_close(s: &mut TcpStream) -> (Instant, Vec<u8>) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return (Instant::now(), got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A head dribbled a byte every 200 ms is cut off at `request_head_timeout_ms` (Pingora alone
+/// waits up to 60 s per read, for ever in total), and never reaches the upstream.
+#[test]
+fn a_request_head_not_complete_within_the_deadline_is_cut_off() {
+    let gw = quick_head_gateway();
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let opened = Instant::now();
+    let mut writer = s.try_clone().unwrap();
+    let dribble = std::thread::spawn(move || {
+        for b in b"GET /public/dribble HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if writer.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let (closed, got) = wait_for_close(&mut s);
+    let after = closed - opened;
+    eprintln!("dribbled head cut off after {after:?}");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "closed after {after:?}"
+    );
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 4"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    dribble.join().unwrap();
+    assert!(
+        gw.up()
+            .all_requests()
+            .iter()
+            .all(|r| r.path != "/public/dribble")
+    );
+}
+
+/// The deadline re-arms after each response: a kept-alive connection may send its next request
+/// within it, and is closed when it stays idle past it (Pingora alone keeps it for ever).
+#[test]
+fn kept_alive_connections_get_the_same_deadline_for_each_head() {
+    let gw = quick_head_gateway();
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let one = b"GET /public/ka HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for _ in 0..3 {
+        s.write_all(one).unwrap();
+        let mut buf = [0u8; 8192];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        std::thread::sleep(Duration::from_millis(600)); // within the deadline each time
+    }
+    let idle_from = Instant::now();
+    let (closed, got) = wait_for_close(&mut s);
+    let idle = closed - idle_from;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        idle < Duration::from_secs(3),
+        "an idle kept-alive connection lived {idle:?}"
+    );
+    assert_eq!(gw.up().proxied_count(), 3);
+}
+
+/// The deadline is for heads only: a slow body (a byte every 300 ms for 3 s) is read in full.
+#[test]
+fn a_slow_body_is_not_cut_by_the_head_deadline() {
+    let gw = quick_head_gateway();
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"POST /public/slow-body HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    for b in b"0123456789" {
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(&[*b]).unwrap();
+    }
+    let (_, got) = wait_for_close(&mut s);
+    let r = parse_responses(&got);
+    assert_eq!(r.len(), 1, "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(r[0].status, 200);
+    assert_eq!(gw.up().proxied()[0].body, "0123456789");
+}
+
 // ---------------------------------------------------------------------------------------------
 // path spellings aimed at a protected route
 // ---------------------------------------------------------------------------------------------

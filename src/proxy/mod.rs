@@ -17,6 +17,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 pub use ctx::RequestCtx;
 
 use crate::cors::{CorsPolicy, Verdict};
+use crate::deadline::HeadDeadline;
 use crate::endpoints::{self, Endpoint, Identity, MAX_BODY_BYTES};
 use crate::framing::{self, FramingError};
 use crate::identity::{self, Credential, X_REQUEST_ID};
@@ -341,6 +342,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // The head is in: its deadline no longer applies (bodies keep Pingora's timeouts).
+        if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
+            d.disarm();
+        }
         match self.admit(session.req_header_mut(), ctx, tokens::unix_secs()) {
             Decision::Proxy => Ok(false),
             Decision::Respond(head, body) => {
@@ -479,6 +484,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // A kept-alive connection must send its next head in time too.
+        if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
+            d.arm();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.map(|i| self.routes.routes()[i].pattern.as_str());
         let m = self.metrics.route(ctx.route);
