@@ -303,6 +303,101 @@ fn database_cut_under_traffic_gives_fast_503s_and_recovers_without_losing_accoun
     );
 }
 
+/// The database stops answering without closing anything (a frozen server, a partition that
+/// swallows packets): identity requests must still end, with 503, within the store's deadline,
+/// not hang on a connection that will never answer; the edge keeps serving; when the database
+/// answers again, so does the gateway.
+#[test]
+fn a_database_that_stops_answering_gives_503_within_the_deadline_not_a_hang() {
+    let db = Db::new(Store::Postgres);
+    let (pg, url) = Cuttable::in_front_of(&db.url);
+    let mut gw = Gateway::start(&config(&url, "{UPSTREAM}", ""), &[]);
+    let addr = gw.addr;
+    let mail = email();
+    let r = register(addr, &mail);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let id = r.json()["user"]["id"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {token}");
+
+    pg.freeze();
+    // several at once: pooled connections and new ones alike are stuck
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let (auth, mail) = (auth.clone(), mail.clone());
+            thread::spawn(move || {
+                let t = Instant::now();
+                let r = if i % 2 == 0 {
+                    try_send_raw(
+                        addr,
+                        &request_bytes("GET", "/api/v1/auth/me", &[("Authorization", &auth)], None),
+                    )
+                } else {
+                    post(
+                        addr,
+                        "/api/v1/auth/signin",
+                        &json!({"email": mail, "password": PASSWORD}),
+                    )
+                };
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    let edge = gw.get(&format!("/api/{id}/tasks/1"), &[("Authorization", &auth)]);
+    assert_eq!(edge.status, 200, "the edge serves while the store hangs");
+    let mut slowest = Duration::ZERO;
+    for c in clients {
+        let (r, took) = c.join().unwrap();
+        let r = r.unwrap_or_else(|e| panic!("no answer after {took:?}: {e}"));
+        assert_problem(&r, 503, "service_unavailable");
+        slowest = slowest.max(took);
+    }
+    assert!(slowest < Duration::from_secs(8), "a 503 took {slowest:?}");
+    assert_alive(&mut gw);
+    // the revocation sync times out too, so readiness follows instead of hanging at 200
+    let t = Instant::now();
+    while get(gw.admin, "/readyz", &[]).status != 503 {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "readyz still 200 with the store frozen"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let not_ready_after = t.elapsed();
+
+    pg.thaw();
+    let t = Instant::now();
+    loop {
+        let r = post(
+            addr,
+            "/api/v1/auth/signin",
+            &json!({"email": mail, "password": PASSWORD}),
+        )
+        .unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no recovery after the thaw"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "frozen database: 6 identity requests answered 503, slowest after {slowest:?}; \
+         readyz 503 {not_ready_after:?} later; recovered {:?} after the thaw",
+        t.elapsed()
+    );
+    while get(gw.admin, "/readyz", &[]).status != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "readyz did not recover"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // (b) an upstream that flaps
 // ---------------------------------------------------------------------------------------------

@@ -74,11 +74,13 @@ pub fn admin_sql(url: &str, sql: &str) {
     });
 }
 
-/// A TCP forwarder to the test Postgres that can be cut and restored: a database outage on
-/// demand, without touching the shared server.
+/// A TCP forwarder to the test Postgres that can be cut and restored (connections dropped, new
+/// ones refused) or frozen and thawed (connections open, nothing passes: a database that stops
+/// answering): outages on demand, without touching the shared server.
 pub struct Cuttable {
     pub addr: std::net::SocketAddr,
     on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
@@ -89,7 +91,8 @@ impl Cuttable {
         let addr = listener.local_addr().unwrap();
         let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (on2, live2) = (on.clone(), live.clone());
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (on2, live2, frozen2) = (on.clone(), live.clone(), frozen.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 // Checked and registered under the lock `cut` takes: a connection opened while
@@ -108,14 +111,42 @@ impl Cuttable {
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
                 ] {
+                    let frozen = frozen2.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            while frozen.load(Ordering::SeqCst) {
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 }
             }
         });
-        Cuttable { addr, on, live }
+        Cuttable {
+            addr,
+            on,
+            frozen,
+            live,
+        }
+    }
+
+    /// Nothing passes any more, in either direction; connections stay open.
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn cut(&self) {
