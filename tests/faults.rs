@@ -119,12 +119,78 @@ fn median(mut d: Vec<Duration>) -> Duration {
 // (a) the database goes away under traffic and comes back
 // ---------------------------------------------------------------------------------------------
 
+/// One kind of traffic, in a loop until `stop`: every answer recorded.
+struct Client {
+    kind: &'static str,
+    addr: SocketAddr,
+    auth: String,
+    id: String,
+    signer: String,
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    registered: Arc<Mutex<Vec<String>>>,
+}
+
+impl Client {
+    fn run(&self) {
+        let addr = self.addr;
+        while !self.stop.load(Ordering::Relaxed) {
+            let sent = Instant::now();
+            let result = match self.kind {
+                "me" => try_send_raw(
+                    addr,
+                    &request_bytes(
+                        "GET",
+                        "/api/v1/auth/me",
+                        &[("Authorization", &self.auth)],
+                        None,
+                    ),
+                ),
+                "signin" => post(
+                    addr,
+                    "/api/v1/auth/signin",
+                    &json!({"email": self.signer, "password": PASSWORD}),
+                ),
+                "register" => {
+                    let mail = email();
+                    let r = post(
+                        addr,
+                        "/api/v1/auth/register",
+                        &json!({"email": mail, "password": PASSWORD}),
+                    );
+                    if r.as_ref().is_ok_and(|r| r.status == 201) {
+                        self.registered.lock().unwrap().push(mail);
+                    }
+                    r
+                }
+                _ => try_send_raw(
+                    addr,
+                    &request_bytes(
+                        "GET",
+                        &format!("/api/{}/tasks/1", self.id),
+                        &[("Authorization", &self.auth)],
+                        None,
+                    ),
+                ),
+            };
+            self.samples.lock().unwrap().push(Sample {
+                kind: self.kind,
+                sent,
+                took: sent.elapsed(),
+                status: result.map_or(0, |r| r.status),
+            });
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Postgres behind a forwarder that is cut (every connection dropped, new ones refused) while
 /// four clients keep going: profile reads, sign-ins, registrations and proxied requests. While
 /// it is down the identity endpoints answer 503 fast, the edge keeps proxying with tokens it
 /// can verify alone, the process lives; when it is back everything recovers without a restart
 /// and every acknowledged registration is in the database.
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario: traffic, cut, restore, then what each phase saw
 fn database_cut_under_traffic_gives_fast_503s_and_recovers_without_losing_accounts() {
     let db = Db::new(Store::Postgres);
     let (pg, url) = Cuttable::in_front_of(&db.url);
@@ -142,56 +208,22 @@ fn database_cut_under_traffic_gives_fast_503s_and_recovers_without_losing_accoun
     let stop = Arc::new(AtomicBool::new(false));
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let registered = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut clients = Vec::new();
-    for kind in ["me", "signin", "register", "edge"] {
-        let (stop, samples, registered) = (stop.clone(), samples.clone(), registered.clone());
-        let (token, id, signer) = (token.clone(), id.clone(), signer.clone());
-        clients.push(thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                let auth = format!("Bearer {token}");
-                let result = match kind {
-                    "me" => try_send_raw(
-                        addr,
-                        &request_bytes("GET", "/api/v1/auth/me", &[("Authorization", &auth)], None),
-                    ),
-                    "signin" => post(
-                        addr,
-                        "/api/v1/auth/signin",
-                        &json!({"email": signer, "password": PASSWORD}),
-                    ),
-                    "register" => {
-                        let mail = email();
-                        let r = post(
-                            addr,
-                            "/api/v1/auth/register",
-                            &json!({"email": mail, "password": PASSWORD}),
-                        );
-                        if r.as_ref().is_ok_and(|r| r.status == 201) {
-                            registered.lock().unwrap().push(mail);
-                        }
-                        r
-                    }
-                    _ => try_send_raw(
-                        addr,
-                        &request_bytes(
-                            "GET",
-                            &format!("/api/{id}/tasks/1"),
-                            &[("Authorization", &auth)],
-                            None,
-                        ),
-                    ),
-                };
-                samples.lock().unwrap().push(Sample {
-                    kind,
-                    sent,
-                    took: sent.elapsed(),
-                    status: result.map_or(0, |r| r.status),
-                });
-                thread::sleep(Duration::from_millis(20));
-            }
-        }));
-    }
+    let clients: Vec<_> = ["me", "signin", "register", "edge"]
+        .into_iter()
+        .map(|kind| {
+            let client = Client {
+                kind,
+                addr,
+                auth: format!("Bearer {token}"),
+                id: id.clone(),
+                signer: signer.clone(),
+                stop: stop.clone(),
+                samples: samples.clone(),
+                registered: registered.clone(),
+            };
+            thread::spawn(move || client.run())
+        })
+        .collect();
 
     thread::sleep(Duration::from_secs(2));
     let cut_at = Instant::now();

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -334,7 +335,7 @@ fn chunk_size_overflow_is_400_and_nothing_after_it_is_a_request() {
         let req = format!(
             "POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nabc\r\n0\r\n\r\n{SMUGGLED}"
         );
-        let r = exchange(gw.addr, req.as_bytes(), Duration::from_millis(2000));
+        let r = exchange(gw.addr, req.as_bytes(), Duration::from_secs(2));
         let statuses: Vec<u16> = r.iter().map(|p| p.status).collect();
         assert!(
             statuses.is_empty() || statuses == vec![400],
@@ -408,7 +409,7 @@ fn pipelined_requests_are_checked_one_by_one() {
     let r = exchange(
         gw.addr,
         format!("{public}{second}{third}").as_bytes(),
-        Duration::from_millis(2000),
+        Duration::from_secs(2),
     );
     let statuses: Vec<u16> = r.iter().map(|p| p.status).collect();
     // Pingora does not pipeline by default: bytes read past a request's body end the
@@ -562,7 +563,7 @@ fn chunked_identity_bodies_beyond_16_kib_are_413() {
     let chunk = "x".repeat(4096);
     let mut body = String::new();
     for _ in 0..5 {
-        body.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+        let _ = write!(body, "{:x}\r\n{chunk}\r\n", chunk.len());
     }
     body.push_str("0\r\n\r\n");
     let req = format!(
@@ -770,6 +771,7 @@ enum Outcome {
 /// Every spelling either gets a 4xx without reaching the upstream, or reaches it only as the
 /// path that was checked: assertions are on what the recording upstream saw.
 #[test]
+#[allow(clippy::too_many_lines)] // one table of cases, one loop
 fn hostile_path_spellings_reach_the_upstream_only_as_the_checked_path() {
     let gw = gateway();
     let sub = new_sub();
@@ -1008,6 +1010,7 @@ fn both_refuse(gw: &Gateway, body: &[u8], status: u16, code: &str) -> Value {
     last
 }
 
+#[allow(clippy::too_many_lines)] // a list of cases against one gateway, then one check of the store
 fn hostile_bodies_are_4xx_and_store_nothing(store: Store) {
     let (gw, db) = identity_gateway(store);
     let anchor = email();

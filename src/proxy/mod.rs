@@ -63,6 +63,19 @@ impl Decision {
         let (head, body) = p.response();
         Self::Respond(Box::new(head), body)
     }
+
+    fn bad_head(ctx: &mut RequestCtx, e: FramingError) -> Self {
+        tracing::debug!(reason = ?e, "request head refused");
+        let detail = match e {
+            FramingError::TargetTooLong
+            | FramingError::HeaderTooLong
+            | FramingError::HeadTooLarge => "The request head is too large",
+            FramingError::RepeatedLength | FramingError::UnclearTransferEncoding => {
+                "The request framing is ambiguous"
+            }
+        };
+        Self::problem(ctx, &Problem::new(Code::BadRequest).detail(detail))
+    }
 }
 
 impl Gateway {
@@ -75,16 +88,7 @@ impl Gateway {
         // 0. A head an upstream could frame differently, or too large to be honest, goes no
         //    further (see `framing`).
         if let Err(e) = framing::check(req) {
-            tracing::debug!(reason = ?e, "request head refused");
-            let detail = match e {
-                FramingError::TargetTooLong
-                | FramingError::HeaderTooLong
-                | FramingError::HeadTooLarge => "The request head is too large",
-                FramingError::RepeatedLength | FramingError::UnclearTransferEncoding => {
-                    "The request framing is ambiguous"
-                }
-            };
-            return Decision::problem(ctx, &Problem::new(Code::BadRequest).detail(detail));
+            return Decision::bad_head(ctx, e);
         }
 
         // 2. One spelling of the path for the route table and the upstream alike. Pingora keeps

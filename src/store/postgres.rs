@@ -415,15 +415,14 @@ impl PostgresStore {
         &self,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.pool.retain(|_, _| false);
-                Err(StoreError::Unavailable(format!(
-                    "no answer from {} within {OPERATION_TIMEOUT:?}",
-                    self.target
-                )))
-            }
+        if let Ok(result) = tokio::time::timeout(OPERATION_TIMEOUT, op).await {
+            result
+        } else {
+            self.pool.retain(|_, _| false);
+            Err(StoreError::Unavailable(format!(
+                "no answer from {} within {OPERATION_TIMEOUT:?}",
+                self.target
+            )))
         }
     }
 

@@ -178,36 +178,33 @@ impl Db {
     /// whose directory is `gateway_dir` (where `{DIR}` of an SQLite URL points).
     pub fn emails(&self, gateway_dir: &std::path::Path) -> Vec<String> {
         let sql = "SELECT email FROM users ORDER BY created_at, email";
-        match &self.pg {
-            None => {
-                let file = self
-                    .url
-                    .strip_prefix("sqlite://")
-                    .expect("an sqlite URL")
-                    .replace("{DIR}", &gateway_dir.to_string_lossy());
-                let conn = rusqlite::Connection::open(file).expect("open the sqlite store");
-                let mut stmt = conn.prepare(sql).unwrap();
-                stmt.query_map([], |r| r.get::<_, String>(0))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect()
-            }
-            Some(_) => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-                        .await
-                        .expect("connect to the test database");
-                    let driver = tokio::spawn(conn);
-                    let rows = client.query(sql, &[]).await.expect(sql);
-                    drop(client);
-                    let _ = driver.await;
-                    rows.iter().map(|r| r.get::<_, String>(0)).collect()
-                })
-            }
+        if self.pg.is_none() {
+            let file = self
+                .url
+                .strip_prefix("sqlite://")
+                .expect("an sqlite URL")
+                .replace("{DIR}", &gateway_dir.to_string_lossy());
+            let conn = rusqlite::Connection::open(file).expect("open the sqlite store");
+            let mut stmt = conn.prepare(sql).unwrap();
+            stmt.query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        } else {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect to the test database");
+                let driver = tokio::spawn(conn);
+                let rows = client.query(sql, &[]).await.expect(sql);
+                drop(client);
+                let _ = driver.await;
+                rows.iter().map(|r| r.get::<_, String>(0)).collect()
+            })
         }
     }
 }
