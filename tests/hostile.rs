@@ -226,7 +226,7 @@ fn content_length_with_transfer_encoding_is_read_as_chunked_and_nothing_follows(
 
 /// Two Content-Length lines: differing values are refused by Pingora while it reads the head (a
 /// bare 400); equal values, which Pingora would accept and forward twice, are refused by the
-/// gateway, and so is a comma list.
+/// gateway, and so is a comma list. A length that is not a plain decimal number is Pingora's.
 #[test]
 fn repeated_content_length_is_400_whether_the_values_differ_or_not() {
     let gw = gateway();
@@ -241,6 +241,15 @@ fn repeated_content_length_is_400_whether_the_values_differ_or_not() {
             true,
         ),
         (format!("Content-Length: {0}, {0}\r\n", body.len()), true),
+        // not a plain decimal number: Pingora refuses
+        ("Content-Length: +1\r\n".to_owned(), false),
+        ("Content-Length: -1\r\n".to_owned(), false),
+        ("Content-Length: 0x1\r\n".to_owned(), false),
+        ("Content-Length: 1 1\r\n".to_owned(), false),
+        (
+            "Content-Length: 99999999999999999999999\r\n".to_owned(),
+            false,
+        ),
     ] {
         let req = format!("POST /public/a HTTP/1.1\r\nHost: localhost\r\n{lengths}\r\n{body}");
         let r = exchange(gw.addr, req.as_bytes(), Duration::from_millis(1500));
