@@ -322,6 +322,73 @@ fn transfer_encoding_must_be_one_chunked_coding_or_the_request_is_400() {
     );
 }
 
+/// An upstream that records the raw bytes of each connection's first request (head and chunked
+/// body up to the terminating chunk and trailers) and answers 200.
+fn spawn_raw_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // until the end of a chunked body with its trailer section, or silence
+                while !got.windows(5).any(|w| w == b"0\r\n\r\n") && !got.ends_with(b"\r\n\r\n\r\n")
+                {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // a request with a head only (a health probe) is not interesting
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    log.lock().unwrap().push(got);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Trailers after a chunked body (`X-User-Id`, a second `Transfer-Encoding`) never reach the
+/// upstream: Pingora drops request trailers, so nothing can smuggle an identity header in
+/// behind the body where the header policy does not look.
+#[test]
+fn request_trailers_never_reach_the_upstream() {
+    let (raw, seen) = spawn_raw_upstream();
+    let gw = Gateway::start_with(
+        &CONFIG.replace("{UPSTREAM}", &raw.to_string()),
+        &[],
+        &[("STORE", "sqlite://{DIR}/hostile.db".to_owned())],
+    );
+    let req = "POST /public/trailers HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTrailer: X-User-Id\r\nConnection: close\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-User-Id: attacker\r\nX_User_Email: a@evil.example\r\nAuthorization: Bearer forged\r\n\r\n";
+    let r = exchange(gw.addr, req.as_bytes(), Duration::from_millis(1500));
+    assert_eq!(r.iter().map(|p| p.status).collect::<Vec<_>>(), vec![200]);
+    let all = seen.lock().unwrap().clone();
+    let forwarded: Vec<String> = all
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .filter(|t| t.contains("/public/trailers"))
+        .collect();
+    assert_eq!(forwarded.len(), 1, "{forwarded:#?}");
+    let text = forwarded[0].to_ascii_lowercase();
+    assert!(text.contains("hello"), "{text}");
+    for leaked in ["attacker", "evil.example", "forged", "x-user-", "x_user_"] {
+        assert!(
+            !text.contains(leaked),
+            "{leaked} reached the upstream: {text}"
+        );
+    }
+}
+
 /// RFC 9112 6.1: Transfer-Encoding on HTTP/1.0 is faulty framing.
 #[test]
 fn transfer_encoding_on_http_1_0_is_400() {
