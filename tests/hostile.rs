@@ -472,6 +472,29 @@ fn bare_lf_line_endings_are_parsed_and_checked_like_crlf() {
     );
 }
 
+/// Request lines without a usable version (HTTP/0.9 style, `HTTP/1.2`, `HTTP/2.0` in text,
+/// lower case) are refused before any route is looked at, and never proxied.
+#[test]
+fn request_lines_without_a_known_version_are_400() {
+    let gw = gateway();
+    let victim = new_sub();
+    for line in [
+        format!("GET /api/{victim}/tasks/1\r\n\r\n"),
+        format!("GET /api/{victim}/tasks/1 HTTP/1.2\r\nHost: localhost\r\n\r\n"),
+        format!("GET /api/{victim}/tasks/1 HTTP/2.0\r\nHost: localhost\r\n\r\n"),
+        format!("GET /api/{victim}/tasks/1 http/1.1\r\nHost: localhost\r\n\r\n"),
+        format!("GET  /api/{victim}/tasks/1 HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    ] {
+        let r = exchange(gw.addr, line.as_bytes(), Duration::from_millis(1500));
+        let statuses: Vec<u16> = r.iter().map(|p| p.status).collect();
+        assert!(
+            statuses == vec![400] || statuses.is_empty(),
+            "{line:?}: {statuses:?}"
+        );
+    }
+    gw.up().assert_not_called();
+}
+
 /// Pipelined requests on one connection: a public request followed by unauthenticated ones to
 /// protected routes. Each later request is either checked on its own (401) or dropped with the
 /// connection; the upstream sees only the first.
