@@ -9,8 +9,9 @@
 //!
 //! [`Guarded`] wraps the Pingora application and every accepted HTTP/1 stream in a
 //! [`HeadDeadline`], armed at accept. The proxy disarms it once a head has been read
-//! (`request_filter`) and re-arms it when the response is done (`logging`). Bodies and upstream
-//! time keep Pingora's own timeouts. HTTP/2 (ALPN `h2`) is not wrapped: one connection carries
+//! (`request_filter`; for an identity endpoint, once its body has been read too) and re-arms it
+//! when the response is done (`logging`). Proxied bodies and upstream time keep Pingora's own
+//! timeouts. HTTP/2 (ALPN `h2`) is not wrapped: one connection carries
 //! many requests at once, with its own flow control.
 
 use std::io;

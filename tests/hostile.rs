@@ -847,6 +847,56 @@ fn a_slow_body_is_not_cut_by_the_head_deadline() {
     assert_eq!(gw.up().proxied()[0].body, "0123456789");
 }
 
+/// An identity endpoint's body is read by the gateway itself, under the same deadline as the
+/// head: dribbled over 3 s against a 1 s deadline it ends in a 400 after about a second, and
+/// nothing is registered. A body sent at once is served (bcrypt time does not count).
+#[test]
+fn an_identity_body_must_arrive_within_the_head_deadline() {
+    let gw = quick_head_gateway();
+    let body = format!(r#"{{"email":"{}","password":"{PASSWORD}"}}"#, email());
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let opened = Instant::now();
+    s.write_all(
+        format!(
+            "POST /api/v1/auth/register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let bytes = body.clone().into_bytes();
+    let dribble = std::thread::spawn(move || {
+        for chunk in bytes.chunks(4) {
+            std::thread::sleep(Duration::from_millis(150));
+            if writer.write_all(chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let (closed, got) = wait_for_close(&mut s);
+    let after = closed - opened;
+    let r = parse_responses(&got);
+    assert_eq!(r.len(), 1, "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        r[0].status == 400 && r[0].is_problem("bad_request"),
+        "{}",
+        r[0].status
+    );
+    assert!(
+        after < Duration::from_millis(2500),
+        "answered after {after:?}"
+    );
+    dribble.join().unwrap();
+
+    let r = post(
+        &gw,
+        "/api/v1/auth/register",
+        &json!({"email": email(), "password": PASSWORD}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
 // ---------------------------------------------------------------------------------------------
 // path spellings aimed at a protected route
 // ---------------------------------------------------------------------------------------------

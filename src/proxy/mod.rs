@@ -346,11 +346,16 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // The head is in: its deadline no longer applies (bodies keep Pingora's timeouts).
-        if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
+        let decision = self.admit(session.req_header_mut(), ctx, tokens::unix_secs());
+        // The head is in, and its deadline no longer applies: a proxied body keeps Pingora's
+        // timeouts. An identity body, read here, must arrive within the same deadline.
+        let deadline = HeadDeadline::of(session.as_downstream().stream());
+        if let Some(d) = deadline
+            && !matches!(decision, Decision::Identity(_))
+        {
             d.disarm();
         }
-        match self.admit(session.req_header_mut(), ctx, tokens::unix_secs()) {
+        match decision {
             Decision::Proxy => Ok(false),
             Decision::Respond(head, body) => {
                 respond(session, ctx, head, body).await?;
@@ -358,6 +363,9 @@ impl ProxyHttp for Gateway {
             }
             Decision::Identity(endpoint) => {
                 let answer = self.serve_identity(session, endpoint).await;
+                if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
+                    d.disarm();
+                }
                 let status = answer.as_ref().map_or_else(Problem::status, |r| r.status);
                 crate::metrics::IDENTITY_REQUESTS
                     .with_label_values(&[endpoint.as_str(), status.to_string().as_str()])
