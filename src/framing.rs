@@ -3,14 +3,15 @@
 //!
 //! Pingora already refuses the worst of it while reading the header (differing
 //! `Content-Length` values, a final `Transfer-Encoding` other than `chunked`, `Transfer-Encoding`
-//! on HTTP/1.0), and re-frames every body it forwards. What it lets through is what an upstream
-//! parser could still frame differently from Pingora: it drops `Content-Length` when
-//! `Transfer-Encoding` is present and forwards the rest, keeps repeated identical
-//! `Content-Length` lines, and forwards every `Transfer-Encoding` line as sent (a second line, a
-//! list such as `identity, chunked`). An upstream that reads the first line where Pingora reads
-//! the last would take the body for the next request: a smuggled request the edge never
-//! checked. So the rule is plain: at most one `Content-Length` line holding one number; at most
-//! one `Transfer-Encoding` line, exactly `chunked`; never both. Anything else is 400.
+//! on HTTP/1.0), settles `Content-Length` with `Transfer-Encoding` as RFC 9112 6.3 says (chunked,
+//! the length dropped before we see the head, the connection closed after), and re-frames every
+//! body it forwards with one `Transfer-Encoding: chunked` of its own. What it still passes on:
+//! repeated identical `Content-Length` lines, forwarded as sent (an upstream may refuse them or
+//! read them otherwise), and a coding list such as `gzip, chunked` or a second
+//! `Transfer-Encoding` line, whose other codings it silently drops (the upstream would get
+//! compressed bytes labelled plain). No honest client sends either. So the rule is plain: at
+//! most one `Content-Length` line holding one number; at most one `Transfer-Encoding` line,
+//! exactly `chunked`. Anything else is 400: the gateway never guesses at framing.
 //!
 //! Sizes: Pingora buffers a head of up to 1 MiB and 256 lines and forwards it all. The gateway
 //! refuses far less: a target over [`MAX_TARGET_BYTES`], a header line over

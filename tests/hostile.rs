@@ -260,7 +260,8 @@ fn repeated_content_length_is_400_whether_the_values_differ_or_not() {
 }
 
 /// Every spelling of Transfer-Encoding but a single `chunked` (any case, optional white space)
-/// is refused; the plain ones are proxied as one chunked request whose body is just data.
+/// is refused, by Pingora or by the gateway (which would otherwise see other codings dropped
+/// silently); the plain ones are proxied as one chunked request whose body is just data.
 #[test]
 fn transfer_encoding_must_be_one_chunked_coding_or_the_request_is_400() {
     let gw = gateway();
