@@ -92,6 +92,9 @@ impl AsyncRead for HeadDeadline {
                 this.sleep.as_mut().reset(at);
             }
             if this.sleep.as_mut().poll(cx).is_ready() {
+                // Once: a timed-out stream is not read again.
+                this.due.store(0, Ordering::Relaxed);
+                crate::metrics::HEAD_TIMEOUTS.inc();
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request head not complete in time",

@@ -798,6 +798,11 @@ fn a_request_head_not_complete_within_the_deadline_is_cut_off() {
             .iter()
             .all(|r| r.path != "/public/dribble")
     );
+    let metrics = get(gw.admin, "/metrics", &[]).text();
+    assert!(
+        metrics.contains("portcullis_request_head_timeouts_total 1"),
+        "{metrics}"
+    );
 }
 
 /// The deadline re-arms after each response: a kept-alive connection may send its next request

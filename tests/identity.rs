@@ -769,6 +769,7 @@ fn metrics_cover_edge_identity_store_and_bcrypt_without_identifying_anyone() {
         "portcullis_password_queue_depth",
         "portcullis_password_queue_wait_seconds_bucket",
         "portcullis_password_refused_total",
+        "portcullis_request_head_timeouts_total 0",
         "portcullis_store_pool_connections{state=\"max\"}",
         "portcullis_store_up 1",
         "portcullis_revocation_entries",
