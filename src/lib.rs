@@ -8,10 +8,12 @@
 pub mod admin;
 pub mod config;
 pub mod cors;
+pub mod deadline;
 pub mod demo;
 pub mod drain;
 pub mod echo;
 pub mod endpoints;
+pub mod framing;
 pub mod identity;
 pub mod issuers;
 pub mod metrics;
@@ -91,7 +93,14 @@ pub fn build(mut config: Config) -> Result<Server, String> {
         in_flight: Arc::clone(&in_flight),
     };
 
-    let mut edge = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    // The proxy, with a deadline for every request head (Pingora has none: `deadline`).
+    let mut edge = Service::new(
+        "edge".to_owned(),
+        deadline::Guarded::new(
+            pingora::proxy::http_proxy(&server.configuration, gateway),
+            config.request_head_timeout,
+        ),
+    );
     add_edge_listener(&mut edge, &config)?;
 
     let mut admin = Service::new(
@@ -168,7 +177,7 @@ fn identity_endpoints(
 
 /// The public listener: plain TCP, or TLS (rustls) offering HTTP/2 by ALPN.
 fn add_edge_listener(
-    edge: &mut pingora::services::listening::Service<pingora::proxy::HttpProxy<proxy::Gateway>>,
+    edge: &mut Service<deadline::Guarded<pingora::proxy::HttpProxy<proxy::Gateway>>>,
     config: &Config,
 ) -> Result<(), String> {
     use pingora::listeners::{L4BufferSettings, ListenerConfig};

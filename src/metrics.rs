@@ -185,6 +185,17 @@ pub static PASSWORD_REFUSED: LazyLock<prometheus::IntCounter> = LazyLock::new(||
     )
 });
 
+/// Connections closed because a request head (or identity body) did not arrive in time.
+pub static HEAD_TIMEOUTS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new(
+            "portcullis_request_head_timeouts_total",
+            "Connections closed because a request head did not arrive within request_head_timeout_ms",
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// The store's connection pool (Postgres): connections by state, and waiters.
 pub static STORE_POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
@@ -369,6 +380,7 @@ pub fn init() {
     LazyLock::force(&PASSWORD_QUEUE_DEPTH);
     LazyLock::force(&PASSWORD_WAIT_SECONDS);
     LazyLock::force(&PASSWORD_REFUSED);
+    LazyLock::force(&HEAD_TIMEOUTS);
     LazyLock::force(&STORE_POOL);
     LazyLock::force(&JWKS_FETCHES);
     LazyLock::force(&JWKS_KEYS);

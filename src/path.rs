@@ -16,6 +16,9 @@ pub enum PathError {
     Backslash,
     DoubleEncoding,
     MalformedEscape,
+    /// Escapes that do not decode to UTF-8 (`%FF`, overlong `%C0%AE`): some decoders turn an
+    /// overlong sequence into `.` or `/`.
+    InvalidUtf8,
     DotSegmentWithParameters,
     AboveRoot,
 }
@@ -98,7 +101,30 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
             }
         }
     }
+    if out.contains('%') && !escapes_are_utf8(&out) {
+        return Err(PathError::InvalidUtf8);
+    }
     Ok(out)
+}
+
+/// Whether a segment whose escapes are already well-formed decodes to UTF-8.
+fn escapes_are_utf8(segment: &str) -> bool {
+    let b = segment.as_bytes();
+    let mut bytes = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], hex_pair(b, i + 1)) {
+            (b'%', Some(v)) => {
+                bytes.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                bytes.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&bytes).is_ok()
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -171,6 +197,10 @@ mod tests {
             ("/a/%", PathError::MalformedEscape),
             ("/a/%4", PathError::MalformedEscape),
             ("/a/%zz", PathError::MalformedEscape),
+            ("/a/%c0%ae%c0%ae/b", PathError::InvalidUtf8),
+            ("/a/%e0%80%ae", PathError::InvalidUtf8),
+            ("/a/%ff", PathError::InvalidUtf8),
+            ("/a/%C3", PathError::InvalidUtf8),
             ("/public/..;/api/u", PathError::DotSegmentWithParameters),
             ("/public/.;x/api", PathError::DotSegmentWithParameters),
             ("/..", PathError::AboveRoot),

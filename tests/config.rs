@@ -353,6 +353,24 @@ fn unknown_key_in_upstream_is_rejected() {
 }
 
 #[test]
+fn request_head_timeout_outside_100_ms_to_10_min_is_rejected() {
+    for bad in ["0", "99", "600001"] {
+        assert_one_problem(
+            &check(&valid_with(
+                "threads = 2",
+                &format!("threads = 2\nrequest_head_timeout_ms = {bad}"),
+            )),
+            &["request_head_timeout_ms"],
+        );
+    }
+    let ok = check(&valid_with(
+        "threads = 2",
+        "threads = 2\nrequest_head_timeout_ms = 100",
+    ));
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+}
+
+#[test]
 fn bad_listen_address_is_rejected() {
     assert_one_problem(
         &check(&valid_with("127.0.0.1:18080", "not-an-address")),

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::db::{Cuttable, Db, Store};
 use common::{Gateway, Response, assert_problem, request_bytes};
 use serde_json::{Value, json};
 
@@ -45,78 +46,6 @@ auth = "required"
 owner = "user_id"
 "#
     )
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Store {
-    Sqlite,
-    Postgres,
-}
-
-/// A database for one test; dropped (Postgres) when the test ends.
-struct Db {
-    url: String,
-    pg: Option<(String, String)>,
-}
-
-impl Db {
-    fn new(store: Store) -> Db {
-        match store {
-            Store::Sqlite => Db {
-                url: "sqlite://{DIR}/identity.db".into(),
-                pg: None,
-            },
-            Store::Postgres => {
-                let base = std::env::var("TEST_DATABASE_URL").expect(
-                    "TEST_DATABASE_URL must point at a Postgres server (e.g. \
-                     postgres://postgres@127.0.0.1:5432/test): the Postgres tests never skip",
-                );
-                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-                admin_sql(&base, &format!("CREATE DATABASE {name}"));
-                let (prefix, _) = base.rsplit_once('/').expect("a database URL");
-                let (_, query) = base.split_once('?').unwrap_or((&base, ""));
-                let mut url = format!("{prefix}/{name}");
-                if !query.is_empty() {
-                    url = format!("{url}?{query}");
-                }
-                Db {
-                    url,
-                    pg: Some((base, name)),
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        if let Some((base, name)) = &self.pg {
-            admin_sql(
-                base,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
-        }
-    }
-}
-
-/// Runs one statement on the server at `url` (for creating and dropping test databases).
-fn admin_sql(url: &str, sql: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach TEST_DATABASE_URL: {e}"));
-        let driver = tokio::spawn(conn);
-        client
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        drop(client);
-        let _ = driver.await;
-    });
 }
 
 fn start(store: Store, extra: &str) -> (Gateway, Db) {
@@ -677,61 +606,6 @@ fn migrate_applies_and_is_idempotent() {
     }
 }
 
-/// A TCP forwarder to the test Postgres that can be cut and restored: a database outage on
-/// demand, without touching the shared server.
-struct Cuttable {
-    addr: std::net::SocketAddr,
-    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl Cuttable {
-    fn to(target: String) -> Cuttable {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (on2, live2) = (on.clone(), live.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if !on2.load(Ordering::SeqCst) {
-                    continue; // dropped: refused, in effect
-                }
-                let Ok(server) = std::net::TcpStream::connect(&target) else {
-                    continue;
-                };
-                {
-                    let mut l = live2.lock().unwrap();
-                    l.push(client.try_clone().unwrap());
-                    l.push(server.try_clone().unwrap());
-                }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Cuttable { addr, on, live }
-    }
-
-    fn cut(&self) {
-        self.on.store(false, std::sync::atomic::Ordering::SeqCst);
-        for s in self.live.lock().unwrap().drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn restore(&self) {
-        self.on.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// The database goes away under a running gateway and comes back: the edge keeps serving with
 /// the last revocation snapshot, identity answers 503 fast, readiness follows, and everything
 /// recovers by itself with nothing committed lost.
@@ -895,6 +769,7 @@ fn metrics_cover_edge_identity_store_and_bcrypt_without_identifying_anyone() {
         "portcullis_password_queue_depth",
         "portcullis_password_queue_wait_seconds_bucket",
         "portcullis_password_refused_total",
+        "portcullis_request_head_timeouts_total 0",
         "portcullis_store_pool_connections{state=\"max\"}",
         "portcullis_store_up 1",
         "portcullis_revocation_entries",

@@ -37,6 +37,8 @@ pub struct Server {
     pub threads: usize,
     /// Seconds in-flight requests get to finish after SIGTERM / SIGINT.
     pub grace_period_secs: u64,
+    /// Milliseconds a client has to send a complete request head (see `deadline`).
+    pub request_head_timeout_ms: u64,
     pub tls: Option<Tls>,
 }
 
@@ -47,6 +49,7 @@ impl Default for Server {
             admin_listen: "127.0.0.1:9090".into(),
             threads: 2,
             grace_period_secs: 10,
+            request_head_timeout_ms: 10_000,
             tls: None,
         }
     }

@@ -23,6 +23,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub grace_period: Duration,
+    /// How long a client has to send a complete request head (`crate::deadline`).
+    pub request_head_timeout: Duration,
     pub tls: Option<TlsFiles>,
     pub store: Store,
     pub tokens: Tokens,
@@ -179,6 +181,9 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
     if raw.server.threads == 0 || raw.server.threads > 1024 {
         p.add("server.threads must be between 1 and 1024");
     }
+    if !(100..=600_000).contains(&raw.server.request_head_timeout_ms) {
+        p.add("server.request_head_timeout_ms must be between 100 and 600000");
+    }
     let tls = raw.server.tls.as_ref().map(|t| {
         let cert = readable(&mut p, "server.tls.cert_file", &t.cert_file);
         let key = readable(&mut p, "server.tls.key_file", &t.key_file);
@@ -232,6 +237,7 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
                 admin_listen,
                 threads: raw.server.threads,
                 grace_period: Duration::from_secs(raw.server.grace_period_secs),
+                request_head_timeout: Duration::from_millis(raw.server.request_head_timeout_ms),
                 tls,
                 store,
                 tokens,

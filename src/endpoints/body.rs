@@ -45,9 +45,17 @@ pub fn require_json(content_type: Option<&[u8]>) -> Result<(), Problem> {
 }
 
 pub fn email_password(body: &[u8]) -> Result<EmailPassword, Problem> {
-    // Syntax first, so that malformed JSON is told apart from wrong fields.
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+    // Syntax first, so that malformed JSON is told apart from wrong fields. JSON is UTF-8
+    // (RFC 8259); serde skims strings it ignores without checking that, so check it here.
+    if std::str::from_utf8(body).is_err()
+        || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err()
+    {
         return Err(Problem::new(Code::BadRequest).detail("The request body is not valid JSON"));
+    }
+    // serde would also fill the struct from an array (`["a@b.co","password"]`): the body is an
+    // object, nothing else.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(invalid("body", "must be a JSON object"));
     }
     let raw: Raw = serde_json::from_slice(body).map_err(|e| {
         // serde names the offending field, never a value.
@@ -100,10 +108,12 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-/// Trimmed; ASCII only (look-alike Unicode addresses are refused, see README); one `@` with a
-/// non-empty local part (≤ 64) and a dotted domain; no spaces or control characters.
+/// Trimmed of ASCII white space only; ASCII only (look-alike Unicode addresses are refused, see
+/// README); one `@` with a non-empty local part (≤ 64) and a dotted domain; no spaces or
+/// control characters. Unicode white space (NBSP, U+2028, ...) is not trimmed but refused, so
+/// no invisible character ever maps onto another account.
 fn check_email(raw: &str) -> Result<String, &'static str> {
-    let email = raw.trim();
+    let email = raw.trim_ascii();
     if email.is_empty() {
         return Err("is required");
     }
@@ -164,6 +174,9 @@ mod tests {
     fn malformed_json_is_a_bad_request_and_wrong_fields_are_named() {
         let p = email_password(b"{not json").unwrap_err();
         assert_eq!(p.status(), 400);
+        let p =
+            email_password(b"{\"email\":\"a\xff@b.co\",\"password\":\"12345678\"}").unwrap_err();
+        assert_eq!(p.status(), 400, "invalid UTF-8 is malformed JSON");
         let e = errors(r#"{"email":1,"password":"1234567"}"#);
         assert_eq!(e["status"], 422);
         assert_eq!(e["errors"]["email"], "must be a string");
@@ -180,6 +193,19 @@ mod tests {
                 .unwrap()
                 .contains("unknown field")
         );
+        for not_an_object in [
+            r#"["a@b.co","12345678"]"#,
+            r#""a@b.co""#,
+            "42",
+            "null",
+            " [] ",
+        ] {
+            let e = errors(not_an_object);
+            assert_eq!(
+                e["errors"]["body"], "must be a JSON object",
+                "{not_an_object}"
+            );
+        }
         let e = errors(r#"{"email":"a@b.co","email":"c@d.co","password":"12345678"}"#);
         assert!(
             e["errors"]["body"]
@@ -208,6 +234,9 @@ mod tests {
             "a@b..co",
             "аdmin@example.com",
             "a@b.co\0",
+            "\u{a0}a@b.co",
+            "a@b.co\u{2028}",
+            "\u{feff}a@b.co",
         ] {
             let ok = check_email(bad);
             assert!(ok.is_err(), "{bad:?}");

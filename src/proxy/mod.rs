@@ -17,7 +17,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 pub use ctx::RequestCtx;
 
 use crate::cors::{CorsPolicy, Verdict};
+use crate::deadline::HeadDeadline;
 use crate::endpoints::{self, Endpoint, Identity, MAX_BODY_BYTES};
+use crate::framing::{self, FramingError};
 use crate::identity::{self, Credential, X_REQUEST_ID};
 use crate::path;
 use crate::problem::{Code, Problem};
@@ -61,6 +63,19 @@ impl Decision {
         let (head, body) = p.response();
         Self::Respond(Box::new(head), body)
     }
+
+    fn bad_head(ctx: &mut RequestCtx, e: FramingError) -> Self {
+        tracing::debug!(reason = ?e, "request head refused");
+        let detail = match e {
+            FramingError::TargetTooLong
+            | FramingError::HeaderTooLong
+            | FramingError::HeadTooLarge => "The request head is too large",
+            FramingError::RepeatedLength | FramingError::UnclearTransferEncoding => {
+                "The request framing is ambiguous"
+            }
+        };
+        Self::problem(ctx, &Problem::new(Code::BadRequest).detail(detail))
+    }
 }
 
 impl Gateway {
@@ -70,6 +85,11 @@ impl Gateway {
         // 1. The client never sets identity, on any route.
         identity::strip_identity_headers(req);
         ctx.request_id = Some(identity::request_id(req));
+        // 0. A head an upstream could frame differently, or too large to be honest, goes no
+        //    further (see `framing`).
+        if let Err(e) = framing::check(req) {
+            return Decision::bad_head(ctx, e);
+        }
 
         // 2. One spelling of the path for the route table and the upstream alike. Pingora keeps
         //    the raw target for the wire, so anything but origin-form is rewritten (absolute
@@ -326,7 +346,16 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match self.admit(session.req_header_mut(), ctx, tokens::unix_secs()) {
+        let decision = self.admit(session.req_header_mut(), ctx, tokens::unix_secs());
+        // The head is in, and its deadline no longer applies: a proxied body keeps Pingora's
+        // timeouts. An identity body, read here, must arrive within the same deadline.
+        let deadline = HeadDeadline::of(session.as_downstream().stream());
+        if let Some(d) = deadline
+            && !matches!(decision, Decision::Identity(_))
+        {
+            d.disarm();
+        }
+        match decision {
             Decision::Proxy => Ok(false),
             Decision::Respond(head, body) => {
                 respond(session, ctx, head, body).await?;
@@ -334,6 +363,9 @@ impl ProxyHttp for Gateway {
             }
             Decision::Identity(endpoint) => {
                 let answer = self.serve_identity(session, endpoint).await;
+                if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
+                    d.disarm();
+                }
                 let status = answer.as_ref().map_or_else(Problem::status, |r| r.status);
                 crate::metrics::IDENTITY_REQUESTS
                     .with_label_values(&[endpoint.as_str(), status.to_string().as_str()])
@@ -464,6 +496,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // A kept-alive connection must send its next head in time too.
+        if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
+            d.arm();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.map(|i| self.routes.routes()[i].pattern.as_str());
         let m = self.metrics.route(ctx.route);

@@ -46,6 +46,8 @@ const POOL_SIZE: usize = 8;
 const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// One store operation end to end: waiting for a connection, the statement, the answer.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP connect, when the URL does not set `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A dedicated connection (migrations, the listener): connect + TLS + auth.
@@ -404,6 +406,26 @@ impl PostgresStore {
         Ok((client, driver))
     }
 
+    /// Runs one store operation (connection wait included) under [`OPERATION_TIMEOUT`]. A
+    /// database that stops answering without closing anything (a frozen server, a partition
+    /// that swallows packets) would otherwise hold the request, and the revocation sync, for
+    /// as long as TCP keeps the connection: for ever when the peer's kernel still acknowledges.
+    /// On a time-out the idle connections are dropped too: they may be stuck the same way.
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if let Ok(result) = tokio::time::timeout(OPERATION_TIMEOUT, op).await {
+            result
+        } else {
+            self.pool.retain(|_, _| false);
+            Err(StoreError::Unavailable(format!(
+                "no answer from {} within {OPERATION_TIMEOUT:?}",
+                self.target
+            )))
+        }
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             PoolError::Timeout(_) => StoreError::Unavailable(format!(
@@ -484,96 +506,108 @@ impl UserStore for PostgresStore {
     }
 
     async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
-        let client = self.client().await?;
-        let id = Uuid::new_v4();
-        let row = client
-            .query_typed_one(
-                "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3) \
-                 RETURNING id, email, created_at, updated_at",
-                &[
-                    (&id, Type::UUID),
-                    (&email, Type::TEXT),
-                    (&password_hash, Type::TEXT),
-                ],
-            )
-            .await
-            .map_err(|e| {
-                if is_email_taken(&e) {
-                    StoreError::EmailTaken
-                } else {
-                    self.map(&e)
-                }
-            })?;
-        user_from(&row).map_err(|e| self.map(&e))
+        self.bounded(async {
+            let client = self.client().await?;
+            let id = Uuid::new_v4();
+            let row = client
+                .query_typed_one(
+                    "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3) \
+                     RETURNING id, email, created_at, updated_at",
+                    &[
+                        (&id, Type::UUID),
+                        (&email, Type::TEXT),
+                        (&password_hash, Type::TEXT),
+                    ],
+                )
+                .await
+                .map_err(|e| {
+                    if is_email_taken(&e) {
+                        StoreError::EmailTaken
+                    } else {
+                        self.map(&e)
+                    }
+                })?;
+            user_from(&row).map_err(|e| self.map(&e))
+        })
+        .await
     }
 
     async fn credentials_by_email(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_typed_opt(
-                "SELECT id, email, password_hash, created_at, updated_at FROM users \
-                 WHERE lower(email) = lower($1)",
-                &[(&email, Type::TEXT)],
-            )
-            .await
-            .map_err(|e| self.map(&e))?;
-        row.map(|row| {
-            Ok(Credentials {
-                user: user_from(&row)?,
-                password_hash: row.try_get("password_hash")?,
+        self.bounded(async {
+            let client = self.client().await?;
+            let row = client
+                .query_typed_opt(
+                    "SELECT id, email, password_hash, created_at, updated_at FROM users \
+                     WHERE lower(email) = lower($1)",
+                    &[(&email, Type::TEXT)],
+                )
+                .await
+                .map_err(|e| self.map(&e))?;
+            row.map(|row| {
+                Ok(Credentials {
+                    user: user_from(&row)?,
+                    password_hash: row.try_get("password_hash")?,
+                })
             })
+            .transpose()
+            .map_err(|e| self.map(&e))
         })
-        .transpose()
-        .map_err(|e| self.map(&e))
+        .await
     }
 
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_typed_opt(
-                "SELECT id, email, created_at, updated_at FROM users WHERE id = $1",
-                &[(&id, Type::UUID)],
-            )
-            .await
-            .map_err(|e| self.map(&e))?;
-        row.as_ref()
-            .map(user_from)
-            .transpose()
-            .map_err(|e| self.map(&e))
+        self.bounded(async {
+            let client = self.client().await?;
+            let row = client
+                .query_typed_opt(
+                    "SELECT id, email, created_at, updated_at FROM users WHERE id = $1",
+                    &[(&id, Type::UUID)],
+                )
+                .await
+                .map_err(|e| self.map(&e))?;
+            row.as_ref()
+                .map(user_from)
+                .transpose()
+                .map_err(|e| self.map(&e))
+        })
+        .await
     }
 
     /// Inserts the row and notifies in one statement (one implicit transaction): the
     /// notification is delivered at commit, when the row is visible to the listeners' catch-up.
     async fn revoke(&self, user_id: Uuid, revocation: &Revocation) -> Result<(), StoreError> {
-        // An all-tokens revocation is enforced for the user it names, so that one is stored.
-        let (user_id, jti, issued_before, expires_at) = match revocation {
-            Revocation::Token { jti, expires_at } => {
-                (user_id, Some(jti.as_str()), None, *expires_at)
-            }
-            Revocation::AllOfUser {
-                user_id,
-                issued_before,
-                expires_at,
-            } => (*user_id, None, Some(*issued_before), *expires_at),
-        };
-        let client = self.client().await?;
-        client
-            .execute_typed(
-                "WITH r AS ( \
-                   INSERT INTO revocations (user_id, jti, issued_before, expires_at) \
-                   VALUES ($1, $2, $3, $4) RETURNING seq \
-                 ) \
-                 SELECT pg_notify('portcullis_revocations', seq::text) IS NULL FROM r",
-                &[
-                    (&user_id, Type::UUID),
-                    (&jti, Type::TEXT),
-                    (&issued_before, Type::INT8),
-                    (&expires_at, Type::INT8),
-                ],
-            )
-            .await
-            .map_err(|e| self.map(&e))?;
-        Ok(())
+        self.bounded(async {
+            // An all-tokens revocation is enforced for the user it names, so that one is stored.
+            let (user_id, jti, issued_before, expires_at) = match revocation {
+                Revocation::Token { jti, expires_at } => {
+                    (user_id, Some(jti.as_str()), None, *expires_at)
+                }
+                Revocation::AllOfUser {
+                    user_id,
+                    issued_before,
+                    expires_at,
+                } => (*user_id, None, Some(*issued_before), *expires_at),
+            };
+            let client = self.client().await?;
+            client
+                .execute_typed(
+                    "WITH r AS ( \
+                       INSERT INTO revocations (user_id, jti, issued_before, expires_at) \
+                       VALUES ($1, $2, $3, $4) RETURNING seq \
+                     ) \
+                     SELECT pg_notify('portcullis_revocations', seq::text) IS NULL FROM r",
+                    &[
+                        (&user_id, Type::UUID),
+                        (&jti, Type::TEXT),
+                        (&issued_before, Type::INT8),
+                        (&expires_at, Type::INT8),
+                    ],
+                )
+                .await
+                .map_err(|e| self.map(&e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// The cursor is a time on the database's clock, in microseconds since the epoch: the
@@ -590,78 +624,87 @@ impl UserStore for PostgresStore {
         cursor: Cursor,
         now: i64,
     ) -> Result<RevocationBatch, StoreError> {
-        const SELECT: &str = "SELECT floor(extract(epoch FROM statement_timestamp()) * 1000000)::int8, \
-                r.user_id, r.jti, r.issued_before, r.expires_at \
-             FROM (SELECT 1) AS one \
-             LEFT JOIN revocations r ON r.expires_at >= $1";
-        let client = self.client().await?;
-        let rows = if cursor == Cursor::default() {
-            client
-                .query_typed(&format!("{SELECT} ORDER BY r.seq"), &[(&now, Type::INT8)])
-                .await
-        } else {
-            let after = micros_to_time(cursor.0.saturating_sub(OVERLAP_MICROS))?;
-            client
-                .query_typed(
-                    &format!("{SELECT} AND r.created_at > $2 ORDER BY r.seq"),
-                    &[(&now, Type::INT8), (&after, Type::TIMESTAMPTZ)],
-                )
-                .await
-        }
-        .map_err(|e| self.map(&e))?;
+        self.bounded(async {
+            const SELECT: &str = "SELECT floor(extract(epoch FROM statement_timestamp()) * 1000000)::int8, \
+                    r.user_id, r.jti, r.issued_before, r.expires_at \
+                 FROM (SELECT 1) AS one \
+                 LEFT JOIN revocations r ON r.expires_at >= $1";
+            let client = self.client().await?;
+            let rows = if cursor == Cursor::default() {
+                client
+                    .query_typed(&format!("{SELECT} ORDER BY r.seq"), &[(&now, Type::INT8)])
+                    .await
+            } else {
+                let after = micros_to_time(cursor.0.saturating_sub(OVERLAP_MICROS))?;
+                client
+                    .query_typed(
+                        &format!("{SELECT} AND r.created_at > $2 ORDER BY r.seq"),
+                        &[(&now, Type::INT8), (&after, Type::TIMESTAMPTZ)],
+                    )
+                    .await
+            }
+            .map_err(|e| self.map(&e))?;
 
-        let mut batch = RevocationBatch {
-            revocations: Vec::with_capacity(rows.len()),
-            cursor,
-        };
-        for row in rows {
-            let decode = || -> Result<(i64, Option<Revocation>), tokio_postgres::Error> {
-                let clock: i64 = row.try_get(0)?;
-                let Some(user_id) = row.try_get::<_, Option<Uuid>>(1)? else {
-                    return Ok((clock, None)); // the LEFT JOIN's empty side: no rows
-                };
-                let jti: Option<String> = row.try_get(2)?;
-                let issued_before: Option<i64> = row.try_get(3)?;
-                let expires_at: i64 = row.try_get(4)?;
-                Ok((
-                    clock,
-                    match (jti, issued_before) {
-                        (Some(jti), _) => Some(Revocation::Token { jti, expires_at }),
-                        (None, Some(issued_before)) => Some(Revocation::AllOfUser {
-                            user_id,
-                            issued_before,
-                            expires_at,
-                        }),
-                        (None, None) => None,
-                    },
-                ))
+            let mut batch = RevocationBatch {
+                revocations: Vec::with_capacity(rows.len()),
+                cursor,
             };
-            let (clock, revocation) = decode().map_err(|e| self.map(&e))?;
-            // The clock as read, even if it went backwards: that only widens the next read.
-            batch.cursor = Cursor(clock);
-            batch.revocations.extend(revocation);
-        }
-        Ok(batch)
+            for row in rows {
+                let decode = || -> Result<(i64, Option<Revocation>), tokio_postgres::Error> {
+                    let clock: i64 = row.try_get(0)?;
+                    let Some(user_id) = row.try_get::<_, Option<Uuid>>(1)? else {
+                        return Ok((clock, None)); // the LEFT JOIN's empty side: no rows
+                    };
+                    let jti: Option<String> = row.try_get(2)?;
+                    let issued_before: Option<i64> = row.try_get(3)?;
+                    let expires_at: i64 = row.try_get(4)?;
+                    Ok((
+                        clock,
+                        match (jti, issued_before) {
+                            (Some(jti), _) => Some(Revocation::Token { jti, expires_at }),
+                            (None, Some(issued_before)) => Some(Revocation::AllOfUser {
+                                user_id,
+                                issued_before,
+                                expires_at,
+                            }),
+                            (None, None) => None,
+                        },
+                    ))
+                };
+                let (clock, revocation) = decode().map_err(|e| self.map(&e))?;
+                // The clock as read, even if it went backwards: that only widens the next read.
+                batch.cursor = Cursor(clock);
+                batch.revocations.extend(revocation);
+            }
+            Ok(batch)
+        })
+        .await
     }
 
     async fn prune_revocations(&self, now: i64) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        client
-            .execute_typed(
-                "DELETE FROM revocations WHERE expires_at < $1",
-                &[(&now, Type::INT8)],
-            )
-            .await
-            .map_err(|e| self.map(&e))
+        self.bounded(async {
+            let client = self.client().await?;
+            client
+                .execute_typed(
+                    "DELETE FROM revocations WHERE expires_at < $1",
+                    &[(&now, Type::INT8)],
+                )
+                .await
+                .map_err(|e| self.map(&e))
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| self.map(&e))?;
-        Ok(())
+        self.bounded(async {
+            let client = self.client().await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| self.map(&e))?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -412,16 +414,17 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut all_vars: Vec<(&str, String)> = vec![
+        // The caller's values first: they may themselves hold `{DIR}` and the like.
+        let mut all_vars: Vec<(&str, String)> = vars.to_vec();
+        all_vars.extend([
             ("LISTEN", listen.to_string()),
             ("ADMIN", admin.to_string()),
             ("DIR", dir.path().to_string_lossy().into_owned()),
             ("KEYS", keys_dir().to_string_lossy().into_owned()),
-        ];
+        ]);
         if let Some(u) = &upstream {
             all_vars.push(("UPSTREAM", u.addr.to_string()));
         }
-        all_vars.extend(vars.iter().cloned());
         let config = render(config_toml, &all_vars);
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, &config).expect("write config");

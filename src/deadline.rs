@@ -1,0 +1,288 @@
+//! The request-head deadline on the public listener: a client must finish sending a request
+//! head within `server.request_head_timeout_ms` of connecting, or of the end of its previous
+//! response on a kept-alive connection; otherwise the connection is closed.
+//!
+//! Pingora has no such deadline. Reading a first request head, each read waits up to 60 s, so
+//! a client sending a byte every 59 s (slowloris) holds its connection for as long as it likes;
+//! between keep-alive requests it waits for ever, so idle connections are never closed. Each
+//! costs a socket and a buffer; enough of them exhaust file descriptors.
+//!
+//! [`Guarded`] wraps the Pingora application and every accepted HTTP/1 stream in a
+//! [`HeadDeadline`], armed at accept. The proxy disarms it once a head has been read
+//! (`request_filter`; for an identity endpoint, once its body has been read too) and re-arms it
+//! when the response is done (`logging`). Proxied bodies and upstream time keep Pingora's own
+//! timeouts. HTTP/2 (ALPN `h2`) is not wrapped: one connection carries
+//! many requests at once, with its own flow control.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    Stream, TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A stream whose reads fail with `TimedOut` once an armed deadline has passed.
+#[derive(Debug)]
+pub struct HeadDeadline {
+    inner: Stream,
+    timeout: Duration,
+    start: Instant,
+    /// Milliseconds after `start` by which the head must be complete, plus one; 0 = disarmed.
+    /// Atomic because the proxy reaches the stream through a shared reference.
+    due: AtomicU64,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl HeadDeadline {
+    /// Wraps `inner`, armed: the first head is due `timeout` from now.
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        let start = Instant::now();
+        let d = Self {
+            inner,
+            timeout,
+            start,
+            due: AtomicU64::new(0),
+            sleep: Box::pin(tokio::time::sleep_until(start + timeout)),
+        };
+        d.arm();
+        d
+    }
+
+    /// The next head is due `timeout` from now.
+    pub fn arm(&self) {
+        let due = self.start.elapsed() + self.timeout;
+        let ms = u64::try_from(due.as_millis()).unwrap_or(u64::MAX - 1);
+        self.due.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// A head has been read: no deadline until the next [`Self::arm`].
+    pub fn disarm(&self) {
+        self.due.store(0, Ordering::Relaxed);
+    }
+
+    /// The deadline wrapped around a session's stream, if there is one.
+    pub fn of(stream: Option<&Stream>) -> Option<&Self> {
+        stream.and_then(|s| s.as_ref().as_any().downcast_ref::<Self>())
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let due = this.due.load(Ordering::Relaxed);
+        if due != 0 {
+            let at = this.start + Duration::from_millis(due - 1);
+            if this.sleep.deadline() != at {
+                this.sleep.as_mut().reset(at);
+            }
+            if this.sleep.as_mut().poll(cx).is_ready() {
+                // Once: a timed-out stream is not read again.
+                this.due.store(0, Ordering::Relaxed);
+                crate::metrics::HEAD_TIMEOUTS.inc();
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not complete in time",
+                )));
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// A Pingora application whose HTTP/1 connections get a [`HeadDeadline`].
+#[derive(Debug)]
+pub struct Guarded<A> {
+    app: Arc<A>,
+    timeout: Duration,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(app: A, timeout: Duration) -> Self {
+        Self {
+            app: Arc::new(app),
+            timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // A kept-alive connection comes back already wrapped (and re-armed by the proxy).
+        let wrapped = stream.as_ref().as_any().is::<HeadDeadline>()
+            || matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let stream: Stream = if wrapped {
+            stream
+        } else {
+            Box::new(HeadDeadline::new(stream, self.timeout))
+        };
+        ServerApp::process_new(&self.app, stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair(timeout: Duration) -> (HeadDeadline, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
+        (HeadDeadline::new(stream, timeout), client)
+    }
+
+    #[tokio::test]
+    async fn an_armed_deadline_fails_a_read_that_waits_past_it() {
+        let (mut d, mut client) = pair(Duration::from_millis(100)).await;
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(d.read(&mut buf).await.unwrap(), 3);
+        let t = Instant::now();
+        let e = d.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_disarmed_deadline_lets_reads_wait() {
+        let (mut d, mut client) = pair(Duration::from_millis(50)).await;
+        d.disarm();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.write_all(b"x").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        let mut buf = [0u8; 8];
+        assert_eq!(d.read(&mut buf).await.unwrap(), 1);
+        // re-armed: the next read has its own, fresh deadline
+        d.arm();
+        let e = d.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+}
