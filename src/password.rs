@@ -2,12 +2,21 @@
 //! workers. The queue in front of the pool is bounded and so is the wait: when sign-ins flood
 //! in faster than bcrypt can serve them, callers get `Saturated` at once (→ 503 + Retry-After)
 //! instead of queueing without end and slowing the proxy down.
+//!
+//! The workers run at a lower CPU priority ([`WORKER_NICE`]) than the proxy: bcrypt is built to
+//! burn CPU, and on a busy edge a sign-in flood must not take the cores that verify and proxy
+//! everyone else's requests. Sign-ins get what the proxy leaves, and the bounded queue turns the
+//! rest into fast 503s.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+
+/// The bcrypt workers' nice value. At 10 the scheduler weighs a worker at about a tenth of a
+/// proxy thread when both want a core; an idle machine still gives bcrypt all it asks for.
+pub const WORKER_NICE: i32 = 10;
 
 /// Why a hash or a check did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,7 +73,10 @@ impl PasswordPool {
             let rx = Arc::clone(&rx);
             std::thread::Builder::new()
                 .name(format!("bcrypt-{i}"))
-                .spawn(move || worker(&rx))
+                .spawn(move || {
+                    lower_priority();
+                    worker(&rx);
+                })
                 .expect("spawn bcrypt worker");
         }
         let random: [u8; 24] = rand_bytes();
@@ -77,10 +89,11 @@ impl PasswordPool {
         }
     }
 
-    /// Pool sized to the machine: one worker per core, four queued jobs per worker.
+    /// Pool sized to the machine: one worker per core, one queued job per worker (so a job
+    /// waits at most about one bcrypt run; beyond that a caller gets 503 at once).
     pub fn for_machine(cost: u32) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        Self::new(cost, cores, cores * 4, Duration::from_secs(2))
+        Self::new(cost, cores, cores, Duration::from_secs(2))
     }
 
     pub async fn hash(&self, password: &[u8]) -> Result<String, PoolError> {
@@ -135,6 +148,14 @@ impl PasswordPool {
     }
 }
 
+/// Lowers the calling thread's CPU priority to [`WORKER_NICE`] (Linux: per thread).
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), WORKER_NICE) {
+        tracing::warn!(error = %e, "bcrypt worker keeps the default CPU priority");
+    }
+}
+
 fn worker(rx: &std::sync::Mutex<Receiver<Job>>) {
     loop {
         let job = {
@@ -184,6 +205,33 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nice value of every thread of this process named `bcrypt-*`.
+    fn bcrypt_thread_nice_values() -> Vec<i32> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with("bcrypt-") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Fields after the `(comm)`: state is field 3, nice is field 19.
+            let after = stat.rsplit_once(')').unwrap().1;
+            out.push(after.split_whitespace().nth(16).unwrap().parse().unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn bcrypt_workers_run_below_the_proxy_cpu_priority() {
+        let pool = PasswordPool::new(4, 2, 2, Duration::from_secs(5));
+        // A finished job means its worker started, and lowered itself first.
+        pool.hash(b"correct horse").await.unwrap();
+        pool.hash(b"correct horse").await.unwrap();
+        let nice = bcrypt_thread_nice_values();
+        assert!(nice.len() >= 2, "bcrypt workers found: {nice:?}");
+        assert!(nice.iter().all(|n| *n == WORKER_NICE), "{nice:?}");
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_unknown_users_never_match() {
