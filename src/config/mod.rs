@@ -121,9 +121,44 @@ impl Env for ProcessEnv {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path, env: &dyn Env) -> Result<Config, Vec<String>> {
-    let text = std::fs::read_to_string(path)
+    let text = read_regular_file(path)
+        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8 text".to_owned()))
         .map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
     parse(&text, env)
+}
+
+/// Largest file the config is, or names (keys, certificates): far above any real PEM chain.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a regular file of at most [`MAX_FILE_BYTES`]. Anything else is refused before a byte
+/// is read: a FIFO or `/dev/stdin` would block `check-config` for ever, `/dev/zero` would eat
+/// memory until the process dies. The file is opened non-blocking (opening a FIFO otherwise
+/// waits for a writer) and checked on the open descriptor, so nothing can be swapped in
+/// between the check and the read.
+pub fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let too_large = || format!("larger than {} KiB", MAX_FILE_BYTES / 1024);
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// Validates config text.
@@ -244,7 +279,7 @@ fn addr(p: &mut Problems, key: &str, value: &str) -> Option<SocketAddr> {
 }
 
 fn readable(p: &mut Problems, key: &str, file: &str) -> Option<Vec<u8>> {
-    match std::fs::read(file) {
+    match read_regular_file(Path::new(file)) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             p.add(format!("{key}: cannot read `{file}`: {e}"));
