@@ -35,7 +35,10 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
     for raw in path[1..].split('/') {
         let seg = decode_segment(raw)?;
         trailing_slash = false;
+        // An encoded `;` counts too: an upstream that decodes before it strips parameters
+        // reads `..%3B` as `..;`, that is `..` (escapes were upper-cased by the decoding).
         let base = seg.split(';').next().unwrap_or_default();
+        let base = base.split("%3B").next().unwrap_or_default();
         if (base == "." || base == "..") && seg.len() != base.len() {
             return Err(PathError::DotSegmentWithParameters);
         }
@@ -173,6 +176,9 @@ mod tests {
             ("/a/%zz", PathError::MalformedEscape),
             ("/public/..;/api/u", PathError::DotSegmentWithParameters),
             ("/public/.;x/api", PathError::DotSegmentWithParameters),
+            ("/public/..%3B/api/u", PathError::DotSegmentWithParameters),
+            ("/public/%2e%2e%3bx/api/u", PathError::DotSegmentWithParameters),
+            ("/.%3B", PathError::DotSegmentWithParameters),
             ("/..", PathError::AboveRoot),
             ("/a/../../b", PathError::AboveRoot),
         ] {
