@@ -95,9 +95,11 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
                 }
                 i += 3;
             }
-            c => {
-                out.push(char::from(c));
-                i += 1;
+            _ => {
+                // Whole characters: a byte-wise copy would re-encode UTF-8 as Latin-1.
+                let c = raw[i..].chars().next().unwrap_or_default();
+                out.push(c);
+                i += c.len_utf8();
             }
         }
     }
@@ -158,6 +160,14 @@ mod tests {
     fn unreserved_escapes_are_decoded_and_others_uppercased() {
         assert_eq!(ok("/%61pi/%7Euser"), "/api/~user");
         assert_eq!(ok("/a%20b/%c3%a9"), "/a%20b/%C3%A9");
+    }
+
+    #[test]
+    fn non_ascii_characters_survive_the_slow_path_unchanged() {
+        assert_eq!(ok("/x/./caf\u{e9}"), "/x/caf\u{e9}");
+        assert_eq!(ok("/.\u{e9}"), "/.\u{e9}");
+        assert_eq!(ok("//\u{1f600}/%41"), "/\u{1f600}/A");
+        assert_eq!(ok(&ok("/a//\u{e9}")), "/a/\u{e9}");
     }
 
     #[test]
