@@ -103,6 +103,13 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
             }
         }
     }
+    // Decoding can complete a double encoding the raw text did not show: `%25e%41` becomes
+    // `%25eA`, which a second decoding reads as `%EA`, and which this function would refuse
+    // next time (the canonical form must be a fixed point).
+    let b = out.as_bytes();
+    if (0..b.len()).any(|j| b[j..].starts_with(b"%25") && hex_pair(b, j + 3).is_some()) {
+        return Err(PathError::DoubleEncoding);
+    }
     Ok(out)
 }
 
@@ -181,6 +188,8 @@ mod tests {
             ("/api%00", PathError::EncodedSeparator),
             ("/api\\u", PathError::Backslash),
             ("/a/%252e%252e/b", PathError::DoubleEncoding),
+            ("/%25e%41", PathError::DoubleEncoding),
+            ("/a/%25%32%66/b", PathError::DoubleEncoding),
             ("/a/%", PathError::MalformedEscape),
             ("/a/%4", PathError::MalformedEscape),
             ("/a/%zz", PathError::MalformedEscape),
