@@ -170,10 +170,10 @@ pub fn parse(text: &str, env: &dyn Env) -> Result<Config, Vec<String>> {
 fn toml_error(e: &toml::de::Error) -> String {
     // toml's message spans several lines (with a source excerpt); keep one.
     let msg = e.message().replace('\n', " ");
-    match e.span() {
+    one_line(match e.span() {
         Some(span) => format!("config syntax: {msg} (at byte {})", span.start),
         None => format!("config syntax: {msg}"),
-    }
+    })
 }
 
 /// Collects problems; each is one line.
@@ -182,8 +182,25 @@ struct Problems(Vec<String>);
 
 impl Problems {
     fn add(&mut self, p: impl Into<String>) {
-        self.0.push(p.into());
+        self.0.push(one_line(p.into()));
     }
+}
+
+/// Control characters escaped: a problem quotes values (and keys) from the file, and one
+/// holding a newline or a terminal escape must not forge more lines of output.
+fn one_line(p: String) -> String {
+    if !p.contains(char::is_control) {
+        return p;
+    }
+    let mut line = String::with_capacity(p.len() + 8);
+    for c in p.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>> {
@@ -742,6 +759,21 @@ owner = "user_id"
         assert!(e.iter().any(|l| l.contains("duplicates")), "{e:?}");
         assert!(e.iter().any(|l| l.contains("upstream `gone`")), "{e:?}");
         assert!(e.iter().any(|l| l.contains("owner `user`")), "{e:?}");
+    }
+
+    #[test]
+    fn a_problem_quoting_a_value_with_control_characters_stays_on_one_line() {
+        let e = problems(
+            "[server]\nlisten = \"a\\nerror: forged\\r\\u001b[2J\"\n[[issuer]]\nname = \"x\\ny\"\njwks_url = \"ftp://\"\nissuer = \"i\"\naudience = \"a\"\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        for line in &e {
+            assert!(!line.contains(['\n', '\r', '\u{1b}']), "{line:?}");
+        }
+        assert!(e[0].contains(r"a\nerror: forged\r\u{1b}[2J"), "{e:?}");
+        let e = problems("[cookie]\n\"na\\u001b[2Jme\\n\" = 1\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(!e[0].contains(['\n', '\u{1b}']), "{e:?}");
     }
 
     #[test]
