@@ -12,6 +12,8 @@ pub mod demo;
 pub mod drain;
 pub mod echo;
 pub mod endpoints;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
 pub mod password;

@@ -196,7 +196,10 @@ mod tests {
             ("/public/..;/api/u", PathError::DotSegmentWithParameters),
             ("/public/.;x/api", PathError::DotSegmentWithParameters),
             ("/public/..%3B/api/u", PathError::DotSegmentWithParameters),
-            ("/public/%2e%2e%3bx/api/u", PathError::DotSegmentWithParameters),
+            (
+                "/public/%2e%2e%3bx/api/u",
+                PathError::DotSegmentWithParameters,
+            ),
             ("/.%3B", PathError::DotSegmentWithParameters),
             ("/..", PathError::AboveRoot),
             ("/a/../../b", PathError::AboveRoot),

@@ -502,7 +502,9 @@ fn key_files_that_are_fifos_or_devices_are_refused_at_once() {
     for file in [fifo.to_str().unwrap(), "/dev/zero", "/dev/stdin", "/tmp"] {
         let cfg = valid_with(
             HS_TOKENS,
-            &format!("[tokens]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"{file}\"\nkid = \"k1\"\n"),
+            &format!(
+                "[tokens]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"{file}\"\nkid = \"k1\"\n"
+            ),
         );
         let started = Instant::now();
         let c = check(&cfg);
@@ -531,7 +533,13 @@ fn a_key_file_larger_than_a_mebibyte_is_refused_unread() {
 fn a_config_path_that_is_a_fifo_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("portcullis.toml");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let (status, _out, err) = run_bin(
         &["check-config", "--config", fifo.to_str().unwrap()],
         &[(SECRET_ENV, SECRET)],
