@@ -74,7 +74,7 @@ struct Claims<'a> {
     email: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "numeric_date")]
     exp: Option<u64>,
-    #[serde(default, deserialize_with = "numeric_date")]
+    #[serde(default, deserialize_with = "numeric_date_up")]
     nbf: Option<u64>,
     #[serde(default, deserialize_with = "numeric_date")]
     iat: Option<u64>,
@@ -204,15 +204,28 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 }
 
 /// RFC 7519 NumericDate: a JSON number of seconds, possibly fractional. Negative, non-finite
-/// or absurd values make the token invalid.
+/// or absurd values make the token invalid. Rounded down: right for `exp` (a fraction of a
+/// second less validity) and `iat` (issued earlier is revoked sooner).
 fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    numeric_date_rounded(d, f64::floor)
+}
+
+/// `nbf` rounds up: a token valid from 12.5 s is not valid at 12 s.
+fn numeric_date_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    numeric_date_rounded(d, f64::ceil)
+}
+
+fn numeric_date_rounded<'de, D: Deserializer<'de>>(
+    d: D,
+    round: fn(f64) -> f64,
+) -> Result<Option<u64>, D::Error> {
     let v = f64::deserialize(d)?;
     if !v.is_finite() || !(0.0..=1e13).contains(&v) {
         return Err(de::Error::custom("bad NumericDate"));
     }
     // In range by the check above, so the cast is exact for whole seconds.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Ok(Some(v.floor() as u64))
+    Ok(Some(round(v) as u64))
 }
 
 /// `aud` as a string or an array of strings, checked without collecting the array.
@@ -327,6 +340,17 @@ mod tests {
         c["exp"] = json!(NOW - 10);
         assert!(check(&c).is_ok());
         c["exp"] = json!(NOW - 31);
+        assert_eq!(check(&c).unwrap_err(), TokenError::Expired);
+    }
+
+    #[test]
+    fn a_fractional_nbf_is_not_reached_before_its_second_ends() {
+        let mut c = claims();
+        c["nbf"] = json!(NOW as f64 + 30.5);
+        assert_eq!(check(&c).unwrap_err(), TokenError::Invalid("not yet valid"));
+        c["nbf"] = json!(NOW + 30);
+        assert!(check(&c).is_ok());
+        c["exp"] = json!(NOW as f64 - 30.5);
         assert_eq!(check(&c).unwrap_err(), TokenError::Expired);
     }
 
