@@ -102,8 +102,7 @@ pub fn verify(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenEr
 
     let mut header_buf = [0u8; MAX_HEADER_B64];
     let header_bytes = decode_into(header_b64, &mut header_buf).ok_or(Invalid("bad header"))?;
-    let header: Header<'_> =
-        serde_json::from_slice(header_bytes).map_err(|_| Invalid("bad header"))?;
+    let header: Header<'_> = json_text(header_bytes).ok_or(Invalid("bad header"))?;
     if header.crit.is_some() {
         return Err(Invalid("unsupported critical header"));
     }
@@ -145,7 +144,7 @@ pub fn verify(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenEr
         &mut large
     };
     let payload = decode_into(payload_b64, payload_buf).ok_or(Invalid("bad payload"))?;
-    let claims: Claims<'_> = serde_json::from_slice(payload).map_err(|_| Invalid("bad claims"))?;
+    let claims: Claims<'_> = json_text(payload).ok_or(Invalid("bad claims"))?;
 
     let exp = claims.exp.ok_or(Invalid("missing exp"))?;
     if now > exp.saturating_add(keys.leeway_secs) {
@@ -179,6 +178,13 @@ pub fn verify(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenEr
             .and_then(|j| uuid::Uuid::try_parse(j).ok()),
         user_uuid: uuid::Uuid::try_parse(&sub).ok(),
     })
+}
+
+/// JSON is UTF-8 text (RFC 8259). `serde_json::from_slice` checks only the strings it keeps,
+/// so a member it skips (an unknown claim) could hold bytes that are not UTF-8: the whole
+/// part is checked first, as other JWT libraries do.
+fn json_text<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    serde_json::from_str(std::str::from_utf8(bytes).ok()?).ok()
 }
 
 fn split_last_dot(b: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -435,6 +441,41 @@ mod tests {
         );
         let t = hs256(&json!({"alg":"HS256","crit":["exp"]}), &claims(), SECRET);
         assert!(verify(t.as_bytes(), &keys(), NOW).is_err());
+    }
+
+    #[test]
+    fn claims_or_a_header_that_are_not_utf8_are_refused_even_in_unknown_members() {
+        let sign = |header: &[u8], payload: &[u8]| {
+            let signed = format!("{}.{}", B64.encode(header), B64.encode(payload));
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET);
+            let tag = aws_lc_rs::hmac::sign(&key, signed.as_bytes());
+            format!("{signed}.{}", B64.encode(tag.as_ref()))
+        };
+        let good = claims().to_string();
+        // an unknown member whose string is not UTF-8, then the good claims
+        let mut bad = b"{\"x\":\"".to_vec();
+        bad.extend([0xd3, 0xce]);
+        bad.extend(b"\",");
+        bad.extend(&good.as_bytes()[1..]);
+        assert!(std::str::from_utf8(&bad).is_err());
+        let t = sign(br#"{"alg":"HS256"}"#, &bad);
+        assert_eq!(
+            verify(t.as_bytes(), &keys(), NOW).unwrap_err(),
+            TokenError::Invalid("bad claims")
+        );
+        let t = sign(b"{\"alg\":\"HS256\",\"x\":\"\xff\"}", good.as_bytes());
+        assert_eq!(
+            verify(t.as_bytes(), &keys(), NOW).unwrap_err(),
+            TokenError::Invalid("bad header")
+        );
+        assert!(
+            verify(
+                sign(br#"{"alg":"HS256"}"#, good.as_bytes()).as_bytes(),
+                &keys(),
+                NOW
+            )
+            .is_ok()
+        );
     }
 
     #[test]
