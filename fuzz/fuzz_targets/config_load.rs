@@ -1,6 +1,6 @@
 //! The config loader and validator on arbitrary text, as `check-config` runs it once the file
-//! is read. It runs from the repository's root, so the shipped configs (the seeds) load their
-//! fixture keys, and a mutated config can load a real key, a missing one, or a device such as
+//! is read. It runs in `fuzz/`, where `tests` links to the repository's `tests/`, so the
+//! shipped configs (the seeds) load their fixture keys, and a mutated config can load a real key, a missing one, or a device such as
 //! `/dev/zero` or a FIFO (the dictionary offers them).
 //!
 //! Properties: never panics, never hangs; a refused config names at least one problem, each
@@ -17,8 +17,6 @@ const SECRET: &str = "fuzz-secret-fuzz-secret-fuzz-sec";
 const OLD_SECRET: &str = "old-secret-old-secret-old-secret";
 
 static ENV: LazyLock<MapEnv> = LazyLock::new(|| {
-    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .expect("the repository's root");
     MapEnv(HashMap::from([
         ("BETTER_AUTH_SECRET".to_owned(), SECRET.to_owned()),
         ("OLD_SECRET".to_owned(), OLD_SECRET.to_owned()),
