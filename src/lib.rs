@@ -14,6 +14,8 @@ pub mod drain;
 pub mod echo;
 pub mod endpoints;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod issuers;
 pub mod metrics;

@@ -284,7 +284,9 @@ mod tests {
         assert!(refused.len() >= 4, "{results:?}");
         // The refused ones did not wait for bcrypt.
         assert!(
-            refused.iter().all(|(_, took)| *took < Duration::from_secs(1)),
+            refused
+                .iter()
+                .all(|(_, took)| *took < Duration::from_secs(1)),
             "{results:?}"
         );
     }
@@ -301,7 +303,11 @@ mod tests {
         let t = std::time::Instant::now();
         let second = pool.hash(b"password").await;
         assert_eq!(second, Err(PoolError::Saturated));
-        assert!(t.elapsed() < Duration::from_secs(1), "refused after {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "refused after {:?}",
+            t.elapsed()
+        );
         let first = first.await.unwrap();
         assert!(first.is_ok_and(|h| h.starts_with("$2b$12$")));
     }

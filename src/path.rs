@@ -38,7 +38,10 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
     for raw in path[1..].split('/') {
         let seg = decode_segment(raw)?;
         trailing_slash = false;
+        // An encoded `;` counts too: an upstream that decodes before it strips parameters
+        // reads `..%3B` as `..;`, that is `..` (escapes were upper-cased by the decoding).
         let base = seg.split(';').next().unwrap_or_default();
+        let base = base.split("%3B").next().unwrap_or_default();
         if (base == "." || base == "..") && seg.len() != base.len() {
             return Err(PathError::DotSegmentWithParameters);
         }
@@ -95,11 +98,20 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
                 }
                 i += 3;
             }
-            c => {
-                out.push(char::from(c));
-                i += 1;
+            _ => {
+                // Whole characters: a byte-wise copy would re-encode UTF-8 as Latin-1.
+                let c = raw[i..].chars().next().unwrap_or_default();
+                out.push(c);
+                i += c.len_utf8();
             }
         }
+    }
+    // Decoding can complete a double encoding the raw text did not show: `%25e%41` becomes
+    // `%25eA`, which a second decoding reads as `%EA`, and which this function would refuse
+    // next time (the canonical form must be a fixed point).
+    let b = out.as_bytes();
+    if (0..b.len()).any(|j| b[j..].starts_with(b"%25") && hex_pair(b, j + 3).is_some()) {
+        return Err(PathError::DoubleEncoding);
     }
     if out.contains('%') && !escapes_are_utf8(&out) {
         return Err(PathError::InvalidUtf8);
@@ -184,6 +196,14 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_characters_survive_the_slow_path_unchanged() {
+        assert_eq!(ok("/x/./caf\u{e9}"), "/x/caf\u{e9}");
+        assert_eq!(ok("/.\u{e9}"), "/.\u{e9}");
+        assert_eq!(ok("//\u{1f600}/%41"), "/\u{1f600}/A");
+        assert_eq!(ok(&ok("/a//\u{e9}")), "/a/\u{e9}");
+    }
+
+    #[test]
     fn ambiguous_spellings_are_refused() {
         for (p, e) in [
             ("*", PathError::NotOriginForm),
@@ -194,6 +214,8 @@ mod tests {
             ("/api%00", PathError::EncodedSeparator),
             ("/api\\u", PathError::Backslash),
             ("/a/%252e%252e/b", PathError::DoubleEncoding),
+            ("/%25e%41", PathError::DoubleEncoding),
+            ("/a/%25%32%66/b", PathError::DoubleEncoding),
             ("/a/%", PathError::MalformedEscape),
             ("/a/%4", PathError::MalformedEscape),
             ("/a/%zz", PathError::MalformedEscape),
@@ -203,6 +225,12 @@ mod tests {
             ("/a/%C3", PathError::InvalidUtf8),
             ("/public/..;/api/u", PathError::DotSegmentWithParameters),
             ("/public/.;x/api", PathError::DotSegmentWithParameters),
+            ("/public/..%3B/api/u", PathError::DotSegmentWithParameters),
+            (
+                "/public/%2e%2e%3bx/api/u",
+                PathError::DotSegmentWithParameters,
+            ),
+            ("/.%3B", PathError::DotSegmentWithParameters),
             ("/..", PathError::AboveRoot),
             ("/a/../../b", PathError::AboveRoot),
         ] {

@@ -509,6 +509,65 @@ fn unreadable_previous_key_file_is_rejected() {
     assert_one_problem(&check(&cfg), &["gone.pub.pem"]);
 }
 
+/// A key file naming a FIFO (or `/dev/stdin`) blocked `check-config`
+/// for ever (opening it waits for a writer) and `/dev/zero` was read until memory ran out.
+#[test]
+fn key_files_that_are_fifos_or_devices_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("key.pem");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    for file in [fifo.to_str().unwrap(), "/dev/zero", "/dev/stdin", "/tmp"] {
+        let cfg = valid_with(
+            HS_TOKENS,
+            &format!(
+                "[tokens]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"{file}\"\nkid = \"k1\"\n"
+            ),
+        );
+        let started = Instant::now();
+        let c = check(&cfg);
+        assert_one_problem(&c, &["not a regular file"]);
+        assert!(c.lines[0].contains(file), "{:?}", c.lines[0]);
+        assert!(started.elapsed() < Duration::from_secs(10), "{file}");
+    }
+}
+
+#[test]
+fn a_key_file_larger_than_a_mebibyte_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'A'; 2 << 20]).unwrap();
+    let cfg = valid_with(
+        HS_TOKENS,
+        &format!(
+            "{ED_TOKENS}\n[[tokens.previous_keys]]\nkid = \"k0\"\npublic_key_file = \"{}\"\n",
+            big.display()
+        ),
+    );
+    assert_one_problem(&check(&cfg), &["larger than 1024 KiB"]);
+}
+
+#[test]
+fn a_config_path_that_is_a_fifo_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("portcullis.toml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (status, _out, err) = run_bin(
+        &["check-config", "--config", fifo.to_str().unwrap()],
+        &[(SECRET_ENV, SECRET)],
+        dir.path(),
+        BOUND,
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
 #[test]
 fn asymmetric_algorithm_without_private_key_file_is_rejected() {
     let cfg = valid_with(HS_TOKENS, "[tokens]\nalgorithm = \"EdDSA\"\nkid = \"k1\"\n");

@@ -138,9 +138,44 @@ impl Env for ProcessEnv {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path, env: &dyn Env) -> Result<Config, Vec<String>> {
-    let text = std::fs::read_to_string(path)
+    let text = read_regular_file(path)
+        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8 text".to_owned()))
         .map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
     parse(&text, env)
+}
+
+/// Largest file the config is, or names (keys, certificates): far above any real PEM chain.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a regular file of at most [`MAX_FILE_BYTES`]. Anything else is refused before a byte
+/// is read: a FIFO or `/dev/stdin` would block `check-config` for ever, `/dev/zero` would eat
+/// memory until the process dies. The file is opened non-blocking (opening a FIFO otherwise
+/// waits for a writer) and checked on the open descriptor, so nothing can be swapped in
+/// between the check and the read.
+pub fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let too_large = || format!("larger than {} KiB", MAX_FILE_BYTES / 1024);
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// Validates config text.
@@ -152,10 +187,10 @@ pub fn parse(text: &str, env: &dyn Env) -> Result<Config, Vec<String>> {
 fn toml_error(e: &toml::de::Error) -> String {
     // toml's message spans several lines (with a source excerpt); keep one.
     let msg = e.message().replace('\n', " ");
-    match e.span() {
+    one_line(match e.span() {
         Some(span) => format!("config syntax: {msg} (at byte {})", span.start),
         None => format!("config syntax: {msg}"),
-    }
+    })
 }
 
 /// Collects problems; each is one line.
@@ -164,8 +199,25 @@ struct Problems(Vec<String>);
 
 impl Problems {
     fn add(&mut self, p: impl Into<String>) {
-        self.0.push(p.into());
+        self.0.push(one_line(p.into()));
     }
+}
+
+/// Control characters escaped: a problem quotes values (and keys) from the file, and one
+/// holding a newline or a terminal escape must not forge more lines of output.
+fn one_line(p: String) -> String {
+    if !p.contains(char::is_control) {
+        return p;
+    }
+    let mut line = String::with_capacity(p.len() + 8);
+    for c in p.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>> {
@@ -265,7 +317,7 @@ fn addr(p: &mut Problems, key: &str, value: &str) -> Option<SocketAddr> {
 }
 
 fn readable(p: &mut Problems, key: &str, file: &str) -> Option<Vec<u8>> {
-    match std::fs::read(file) {
+    match read_regular_file(Path::new(file)) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             p.add(format!("{key}: cannot read `{file}`: {e}"));
@@ -770,6 +822,21 @@ owner = "user_id"
         assert!(e.iter().any(|l| l.contains("duplicates")), "{e:?}");
         assert!(e.iter().any(|l| l.contains("upstream `gone`")), "{e:?}");
         assert!(e.iter().any(|l| l.contains("owner `user`")), "{e:?}");
+    }
+
+    #[test]
+    fn a_problem_quoting_a_value_with_control_characters_stays_on_one_line() {
+        let e = problems(
+            "[server]\nlisten = \"a\\nerror: forged\\r\\u001b[2J\"\n[[issuer]]\nname = \"x\\ny\"\njwks_url = \"ftp://\"\nissuer = \"i\"\naudience = \"a\"\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        for line in &e {
+            assert!(!line.contains(['\n', '\r', '\u{1b}']), "{line:?}");
+        }
+        assert!(e[0].contains(r"a\nerror: forged\r\u{1b}[2J"), "{e:?}");
+        let e = problems("[cookie]\n\"na\\u001b[2Jme\\n\" = 1\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(!e[0].contains(['\n', '\u{1b}']), "{e:?}");
     }
 
     #[test]

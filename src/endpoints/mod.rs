@@ -2,7 +2,7 @@
 //! signout, me. Each endpoint is one file, a function from the parsed request and the shared
 //! dependencies to a reply or a problem. `body.rs` owns request parsing and validation.
 
-mod body;
+pub(crate) mod body;
 mod me;
 mod register;
 mod signin;

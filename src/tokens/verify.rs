@@ -76,7 +76,7 @@ struct Claims<'a> {
     email: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "numeric_date")]
     exp: Option<u64>,
-    #[serde(default, deserialize_with = "numeric_date")]
+    #[serde(default, deserialize_with = "numeric_date_up")]
     nbf: Option<u64>,
     #[serde(default, deserialize_with = "numeric_date")]
     iat: Option<u64>,
@@ -173,8 +173,7 @@ pub fn parse<'s, 't>(
     } = scratch;
 
     let header_bytes = decode_into(header_b64, header_buf).ok_or(Invalid("bad header"))?;
-    let header: Header<'_> =
-        serde_json::from_slice(header_bytes).map_err(|_| Invalid("bad header"))?;
+    let header: Header<'_> = json_text(header_bytes).ok_or(Invalid("bad header"))?;
     if header.crit.is_some() {
         return Err(Invalid("unsupported critical header"));
     }
@@ -193,7 +192,7 @@ pub fn parse<'s, 't>(
         large
     };
     let payload: &[u8] = decode_into(payload_b64, payload_buf).ok_or(Invalid("bad payload"))?;
-    let claims: Claims<'_> = serde_json::from_slice(payload).map_err(|_| Invalid("bad claims"))?;
+    let claims: Claims<'_> = json_text(payload).ok_or(Invalid("bad claims"))?;
     Ok(Unverified {
         alg,
         kid: header.kid,
@@ -429,6 +428,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
     }
 }
 
+/// JSON is UTF-8 text (RFC 8259). `serde_json::from_slice` checks only the strings it keeps,
+/// so a member it skips (an unknown claim) could hold bytes that are not UTF-8: the whole
+/// part is checked first, as other JWT libraries do.
+fn json_text<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    serde_json::from_str(std::str::from_utf8(bytes).ok()?).ok()
+}
+
 fn split_last_dot(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let i = b.iter().rposition(|&c| c == b'.')?;
     Some((&b[..i], &b[i + 1..]))
@@ -452,15 +458,28 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 }
 
 /// RFC 7519 NumericDate: a JSON number of seconds, possibly fractional. Negative, non-finite
-/// or absurd values make the token invalid.
+/// or absurd values make the token invalid. Rounded down: right for `exp` (a fraction of a
+/// second less validity) and `iat` (issued earlier is revoked sooner).
 fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    numeric_date_rounded(d, f64::floor)
+}
+
+/// `nbf` rounds up: a token valid from 12.5 s is not valid at 12 s.
+fn numeric_date_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    numeric_date_rounded(d, f64::ceil)
+}
+
+fn numeric_date_rounded<'de, D: Deserializer<'de>>(
+    d: D,
+    round: fn(f64) -> f64,
+) -> Result<Option<u64>, D::Error> {
     let v = f64::deserialize(d)?;
     if !v.is_finite() || !(0.0..=1e13).contains(&v) {
         return Err(de::Error::custom("bad NumericDate"));
     }
     // In range by the check above, so the cast is exact for whole seconds.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Ok(Some(v.floor() as u64))
+    Ok(Some(round(v) as u64))
 }
 
 /// `aud` as a string or an array of strings, checked without collecting the array.
@@ -575,6 +594,17 @@ mod tests {
         c["exp"] = json!(NOW - 10);
         assert!(check(&c).is_ok());
         c["exp"] = json!(NOW - 31);
+        assert_eq!(check(&c).unwrap_err(), TokenError::Expired);
+    }
+
+    #[test]
+    fn a_fractional_nbf_is_not_reached_before_its_second_ends() {
+        let mut c = claims();
+        c["nbf"] = json!(1_800_000_030.5);
+        assert_eq!(check(&c).unwrap_err(), TokenError::Invalid("not yet valid"));
+        c["nbf"] = json!(NOW + 30);
+        assert!(check(&c).is_ok());
+        c["exp"] = json!(1_799_999_969.5);
         assert_eq!(check(&c).unwrap_err(), TokenError::Expired);
     }
 
@@ -703,6 +733,41 @@ mod tests {
                 "{extra}"
             );
         }
+    }
+
+    #[test]
+    fn claims_or_a_header_that_are_not_utf8_are_refused_even_in_unknown_members() {
+        let sign = |header: &[u8], payload: &[u8]| {
+            let signed = format!("{}.{}", B64.encode(header), B64.encode(payload));
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET);
+            let tag = aws_lc_rs::hmac::sign(&key, signed.as_bytes());
+            format!("{signed}.{}", B64.encode(tag.as_ref()))
+        };
+        let good = claims().to_string();
+        // an unknown member whose string is not UTF-8, then the good claims
+        let mut bad = b"{\"x\":\"".to_vec();
+        bad.extend([0xd3, 0xce]);
+        bad.extend(b"\",");
+        bad.extend(&good.as_bytes()[1..]);
+        assert!(std::str::from_utf8(&bad).is_err());
+        let t = sign(br#"{"alg":"HS256"}"#, &bad);
+        assert_eq!(
+            verify(t.as_bytes(), &keys(), NOW).unwrap_err(),
+            TokenError::Invalid("bad claims")
+        );
+        let t = sign(b"{\"alg\":\"HS256\",\"x\":\"\xff\"}", good.as_bytes());
+        assert_eq!(
+            verify(t.as_bytes(), &keys(), NOW).unwrap_err(),
+            TokenError::Invalid("bad header")
+        );
+        assert!(
+            verify(
+                sign(br#"{"alg":"HS256"}"#, good.as_bytes()).as_bytes(),
+                &keys(),
+                NOW
+            )
+            .is_ok()
+        );
     }
 
     #[test]
