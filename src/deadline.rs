@@ -88,10 +88,17 @@ impl AsyncRead for HeadDeadline {
         let due = this.due.load(Ordering::Relaxed);
         if due != 0 {
             let at = this.start + Duration::from_millis(due - 1);
-            if this.sleep.deadline() != at {
+            // Re-arming only ever moves the deadline later, so the timer is left where it is
+            // and moved only when it fires before the deadline now in force: no timer-wheel
+            // update (a lock in tokio's driver) per request, one early wake-up per re-arm at most.
+            if this.sleep.deadline() > at {
                 this.sleep.as_mut().reset(at);
             }
-            if this.sleep.as_mut().poll(cx).is_ready() {
+            while this.sleep.as_mut().poll(cx).is_ready() {
+                if Instant::now() < at {
+                    this.sleep.as_mut().reset(at);
+                    continue;
+                }
                 // Once: a timed-out stream is not read again.
                 this.due.store(0, Ordering::Relaxed);
                 crate::metrics::HEAD_TIMEOUTS.inc();
@@ -267,6 +274,26 @@ mod tests {
         let e = d.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn re_arming_moves_the_deadline_later_even_though_the_timer_is_not_moved_at_once() {
+        let (mut d, mut client) = pair(Duration::from_millis(150)).await;
+        // A head read 100 ms in, then re-armed: the next head is due 150 ms from then, not at
+        // the first deadline (which the timer still holds).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(d.read(&mut buf).await.unwrap(), 1);
+        d.arm();
+        let t = Instant::now();
+        let e = d.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            t.elapsed() >= Duration::from_millis(140),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]
