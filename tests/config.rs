@@ -757,6 +757,16 @@ fn issuer_jwks_url_must_be_https_except_on_loopback() {
 }
 
 #[test]
+fn credentials_in_a_jwks_url_are_refused_without_being_echoed() {
+    let c = check(&with_issuer(
+        "https://auth.invalid/api/auth/jwks",
+        "https://svc:hunter2-jwks-secret@auth.example.com/jwks",
+    ));
+    assert_one_problem(&c, &["jwks_url", "credentials"]);
+    assert!(!c.stderr.contains("hunter2-jwks-secret"), "{}", c.stderr);
+}
+
+#[test]
 fn an_issuer_cannot_share_our_iss_or_another_issuers() {
     assert_one_problem(
         &check(&with_issuer(

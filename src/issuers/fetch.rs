@@ -49,7 +49,8 @@ impl Target {
             .authority()
             .ok_or_else(|| format!("`{url}` has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{url}` must not carry credentials"));
+            // Not echoed: the part before `@` is a secret.
+            return Err("must not carry credentials (user:password@)".to_owned());
         }
         let host = authority.host();
         if host.is_empty() {
