@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::db::{Db, Store};
+use common::db::{Db, Store, on_both_stores};
 use common::*;
 use serde_json::{Value, json};
 
@@ -1444,17 +1444,6 @@ fn unicode_look_alike_emails_are_422_and_punycode_is_accepted(store: Store) {
     let mut expected = vec![admin, puny];
     expected.sort();
     assert_eq!(stored, expected);
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::$name(super::Store::Sqlite) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::$name(super::Store::Postgres) } )*
-        }
-    };
 }
 
 on_both_stores!(

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::db::{Cuttable, Db, Store};
+use common::db::{Cuttable, Db, Store, on_both_stores};
 use common::{Gateway, Response, assert_problem, request_bytes};
 use serde_json::{Value, json};
 
@@ -475,17 +475,6 @@ fn passwords_and_tokens_never_reach_the_logs(store: Store) {
     ] {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::$name(super::Store::Sqlite) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::$name(super::Store::Postgres) } )*
-        }
-    };
 }
 
 on_both_stores!(

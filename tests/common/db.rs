@@ -2,6 +2,22 @@
 //! (never skipped when unset: the test fails), an SQLite file in the gateway's directory, and
 //! a TCP forwarder that can cut and restore the way to Postgres without touching the server.
 
+/// Runs each named `fn(Store)` once per store, as the tests `sqlite::name` and
+/// `postgres::name`.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name($crate::common::db::Store::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name($crate::common::db::Store::Postgres) } )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_stores;
+
 #[derive(Clone, Copy, Debug)]
 pub enum Store {
     Sqlite,
