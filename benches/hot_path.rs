@@ -11,9 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use pingora::http::RequestHeader;
+use portcullis::authn::{self, Alg, KeySet, VerifyKey};
 use portcullis::config::{self, Env};
-use portcullis::proxy::{Decision, Gateway, RequestCtx};
-use portcullis::tokens::{self, Alg, KeySet, VerifyKey};
+use portcullis::edge::proxy::{Decision, Gateway, RequestCtx};
 use serde::{Deserialize, Serialize};
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret!";
@@ -75,15 +75,15 @@ fn verification(c: &mut Criterion) {
         key_set(VerifyKey::from_private_pem(Some("k1".into()), Alg::EdDSA, ED_PEM).unwrap());
     let t = now();
 
-    assert!(tokens::verify(hs_token.as_bytes(), &hs_keys, t).is_ok());
-    assert!(tokens::verify(ed_token.as_bytes(), &ed_keys, t).is_ok());
+    assert!(authn::verify(hs_token.as_bytes(), &hs_keys, t).is_ok());
+    assert!(authn::verify(ed_token.as_bytes(), &ed_keys, t).is_ok());
 
     let mut g = c.benchmark_group("verify");
     g.bench_function("portcullis_hs256", |b| {
-        b.iter(|| tokens::verify(black_box(hs_token.as_bytes()), &hs_keys, t).unwrap());
+        b.iter(|| authn::verify(black_box(hs_token.as_bytes()), &hs_keys, t).unwrap());
     });
     g.bench_function("portcullis_eddsa", |b| {
-        b.iter(|| tokens::verify(black_box(ed_token.as_bytes()), &ed_keys, t).unwrap());
+        b.iter(|| authn::verify(black_box(ed_token.as_bytes()), &ed_keys, t).unwrap());
     });
     let jwt_key = DecodingKey::from_secret(SECRET.as_bytes());
     let mut validation = Validation::new(Algorithm::HS256);
@@ -125,12 +125,12 @@ auth = "public"
         &BenchEnv,
     )
     .unwrap();
-    let (upstreams, _checks) = portcullis::upstream::build(&conf.upstreams).unwrap();
+    let (upstreams, _checks) = portcullis::edge::upstream::build(&conf.upstreams).unwrap();
     let gateway = Gateway {
-        metrics: portcullis::metrics::TableMetrics::new(&conf.routes),
+        metrics: portcullis::ops::metrics::TableMetrics::new(&conf.routes),
         routes: conf.routes,
         upstreams,
-        auth: std::sync::Arc::new(portcullis::tokens::Authenticator {
+        auth: std::sync::Arc::new(portcullis::authn::Authenticator {
             keys: conf.keys,
             revocations: std::sync::Arc::default(),
             issuers: std::sync::Arc::default(),

@@ -5,24 +5,24 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::authn::issue::TokenIssuer;
+use crate::authn::{Alg, KeySet, VerifyKey};
 use crate::config::{self, Config, Env};
 use crate::problem::Problem;
-use crate::tokens::issue::TokenIssuer;
-use crate::tokens::{Alg, KeySet, VerifyKey};
 
-pub use crate::endpoints::body::{EmailPassword, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
-pub use crate::identity::{is_identity_header, strip_identity_headers};
-pub use crate::path::{PathError, normalise};
-pub use crate::tokens::verify::{TokenError, Verified, verify};
+pub use crate::accounts::body::{EmailPassword, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
+pub use crate::authn::verify::{TokenError, Verified, verify};
+pub use crate::edge::headers::{is_identity_header, strip_identity_headers};
+pub use crate::edge::path::{PathError, normalise};
 
 /// The identity endpoints' body parser (`POST /register`, `POST /signin`).
 pub fn parse_credentials(body: &[u8]) -> Result<EmailPassword, Problem> {
-    crate::endpoints::body::email_password(body)
+    crate::accounts::body::email_password(body)
 }
 
 /// The identity endpoints' `Content-Type` check.
 pub fn require_json(content_type: Option<&[u8]>) -> Result<(), Problem> {
-    crate::endpoints::body::require_json(content_type)
+    crate::accounts::body::require_json(content_type)
 }
 
 /// An environment made of a map, so that a config can be validated without touching the

@@ -1,34 +1,21 @@
 //! Portcullis: an edge auth gateway on Pingora.
 //!
-//! The request's way through the house: `proxy` (the Pingora phases) asks `path` for the one
-//! canonical spelling, `routes` for the route, `identity` for the credential and the header
-//! policy, `tokens` to verify, and answers with `problem` when it refuses. `upstream` holds the
-//! load-balanced peers, `admin` the private listener, `config` the validated configuration.
+//! The house has four wings, and arrows run downward only: `edge` (the Pingora phases and what
+//! only they use) → `accounts` (the identity service) → `authn` (who is this request: tokens,
+//! keys, issuers, revocations) ; `ops` (admin listener, metrics) beside them. Every wing uses
+//! `problem` (the one mapping of errors to responses), `config` (validated plain data) and
+//! `clock`. `build` wires the wings into one Pingora server.
 
-pub mod admin;
+pub mod accounts;
+pub mod authn;
+pub mod clock;
 pub mod config;
-pub mod cors;
-pub mod deadline;
 pub mod demo;
-pub mod drain;
-pub mod echo;
-pub mod endpoints;
-pub mod framing;
+pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod identity;
-pub mod issuers;
-pub mod metrics;
-pub mod password;
-pub mod path;
+pub mod ops;
 pub mod problem;
-pub mod proxy;
-pub mod ratelimit;
-pub mod revocation;
-pub mod routes;
-pub mod store;
-pub mod tokens;
-pub mod upstream;
 
 use std::sync::Arc;
 
@@ -37,7 +24,11 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 
+use crate::accounts::{endpoints, password, ratelimit, store};
+use crate::authn::{issuers, revocation};
 use crate::config::Config;
+use crate::edge::{deadline, drain, proxy, upstream};
+use crate::ops::{admin, metrics};
 
 /// Builds the Pingora server for a validated config: the edge proxy, the admin listener and the
 /// background services. Binding happens when it runs.
@@ -60,7 +51,7 @@ pub fn build(mut config: Config) -> Result<Server, String> {
     let keys = Arc::clone(&config.keys);
     let revocations = Arc::new(revocation::Revocations::default());
     let issuers = Arc::new(issuers::Issuers::new(&config.issuers, keys.leeway_secs));
-    let auth = Arc::new(tokens::Authenticator {
+    let auth = Arc::new(authn::Authenticator {
         keys: Arc::clone(&keys),
         revocations: Arc::clone(&revocations),
         issuers: Arc::clone(&issuers),
@@ -160,7 +151,7 @@ fn identity_endpoints(
     config: &Config,
     store: store::SharedStore,
     health: &Arc<store::StoreHealth>,
-    auth: &Arc<tokens::Authenticator>,
+    auth: &Arc<authn::Authenticator>,
 ) -> Result<endpoints::Identity, String> {
     let limits = &config.rate_limit;
     Ok(endpoints::Identity {
@@ -168,7 +159,7 @@ fn identity_endpoints(
         store,
         health: Arc::clone(health),
         passwords: password::PasswordPool::for_machine(config.bcrypt_cost),
-        issuer: tokens::issue::TokenIssuer::new(&config.tokens)?,
+        issuer: authn::issue::TokenIssuer::new(&config.tokens)?,
         auth: Arc::clone(auth),
         cookie: config.cookie.clone(),
         per_ip: ratelimit::Limiter::new(limits.per_ip_per_minute),

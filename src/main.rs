@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(problems) => return report(&problems),
             };
-            let opened = match portcullis::store::open(&loaded.store.url) {
+            let opened = match portcullis::accounts::store::open(&loaded.store.url) {
                 Ok(o) => o,
                 Err(e) => return report(&[e]),
             };
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         }
         Command::Demo => {
             init_logging();
-            let echo = portcullis::echo::spawn();
+            let echo = portcullis::demo::echo::spawn();
             match portcullis::demo::config(echo) {
                 Ok(c) => {
                     println!("{}", portcullis::demo::banner(echo));

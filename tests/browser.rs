@@ -107,7 +107,7 @@ fn a_real_browser_signs_in_by_httponly_cookie_reaches_its_route_and_signs_out() 
     let root = common::manifest_dir();
     preflight(&root);
 
-    let echo = portcullis::echo::spawn();
+    let echo = portcullis::demo::echo::spawn();
     let g = Gateway::start_with(CONFIG, &[], &[("ECHO", echo.to_string())]);
     let base = format!("http://{}", g.addr);
 
@@ -120,7 +120,7 @@ fn a_real_browser_signs_in_by_httponly_cookie_reaches_its_route_and_signs_out() 
         "GET /app/ content-type: {:?}",
         page.header("content-type")
     );
-    assert_eq!(page.text(), portcullis::echo::APP_PAGE);
+    assert_eq!(page.text(), portcullis::demo::echo::APP_PAGE);
 
     let out_dir = tempfile::tempdir().expect("tempdir");
     let stdout_path = out_dir.path().join("stdout");
@@ -166,7 +166,7 @@ fn a_real_browser_signs_in_by_httponly_cookie_reaches_its_route_and_signs_out() 
 
 #[test]
 fn echo_serves_the_page_at_app_and_echoes_everything_else() {
-    let echo = portcullis::echo::spawn();
+    let echo = portcullis::demo::echo::spawn();
     for path in ["/app/", "/app/index.html", "/app/?x=1"] {
         let r = common::get(echo, path, &[]);
         assert_eq!(r.status, 200, "{path}");
@@ -175,7 +175,7 @@ fn echo_serves_the_page_at_app_and_echoes_everything_else() {
             Some("text/html; charset=utf-8"),
             "{path}"
         );
-        assert_eq!(r.text(), portcullis::echo::APP_PAGE, "{path}");
+        assert_eq!(r.text(), portcullis::demo::echo::APP_PAGE, "{path}");
     }
     for path in ["/app", "/app/other", "/api/app/", "/"] {
         let r = common::get(echo, path, &[("X-Probe", "1")]);

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use pingora::http::RequestHeader;
+use portcullis::authn::issue::TokenIssuer;
+use portcullis::authn::{Alg, KeySet};
 use portcullis::fuzzing::{self, TokenError, normalise};
-use portcullis::tokens::issue::TokenIssuer;
-use portcullis::tokens::{Alg, KeySet};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------

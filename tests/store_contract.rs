@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis::store::postgres::PostgresStore;
-use portcullis::store::sqlite::SqliteStore;
-use portcullis::store::{Cursor, Revocation, StoreError, UserStore};
+use portcullis::accounts::store::postgres::PostgresStore;
+use portcullis::accounts::store::sqlite::SqliteStore;
+use portcullis::accounts::store::{Cursor, Revocation, StoreError, UserStore};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 

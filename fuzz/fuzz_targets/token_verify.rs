@@ -24,7 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use libfuzzer_sys::fuzz_target;
 use portcullis::fuzzing::{self, AUDIENCE, ISSUER, LEEWAY_SECS, Verified};
-use portcullis::tokens::{Alg, KeySet};
+use portcullis::authn::{Alg, KeySet};
 use serde_json::Value;
 
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/keys/");
@@ -131,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let now = portcullis::tokens::unix_secs();
+    let now = portcullis::clock::unix_secs();
     if mode % 2 == 0 {
         for f in FIXTURES.iter() {
             check(f, rest, now);

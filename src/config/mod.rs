@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::routes::{Access, Route, RouteTable};
-use crate::tokens::{Alg, KeySet, VerifyKey};
+use crate::authn::{Alg, KeySet, VerifyKey};
+use crate::edge::routes::{Access, Route, RouteTable};
 
 /// HS256 secrets shorter than this are refused (RFC 7518 3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -23,7 +23,7 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub grace_period: Duration,
-    /// How long a client has to send a complete request head (`crate::deadline`).
+    /// How long a client has to send a complete request head (`crate::edge::deadline`).
     pub request_head_timeout: Duration,
     pub tls: Option<TlsFiles>,
     pub store: Store,
@@ -34,7 +34,7 @@ pub struct Config {
     pub rate_limit: file::RateLimit,
     pub bcrypt_cost: u32,
     pub identity_prefix: String,
-    pub cors: crate::cors::CorsPolicy,
+    pub cors: crate::edge::cors::CorsPolicy,
     pub upstreams: Vec<Upstream>,
     pub routes: RouteTable,
     pub issuers: Vec<Issuer>,
@@ -44,7 +44,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Issuer {
     pub name: String,
-    pub jwks_url: crate::issuers::fetch::Target,
+    pub jwks_url: crate::authn::issuers::fetch::Target,
     /// The `iss` its tokens carry.
     pub issuer: String,
     pub audience: String,
@@ -262,14 +262,15 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
         ));
     }
     let prefix = raw.identity.prefix.trim_end_matches('/').to_owned();
-    if !prefix.starts_with('/') || crate::path::normalise(&prefix).ok().as_deref() != Some(&prefix)
+    if !prefix.starts_with('/')
+        || crate::edge::path::normalise(&prefix).ok().as_deref() != Some(&prefix)
     {
         p.add(format!(
             "identity.prefix `{}` must be a canonical absolute path",
             raw.identity.prefix
         ));
     }
-    let cors = crate::cors::CorsPolicy::new(
+    let cors = crate::edge::cors::CorsPolicy::new(
         &raw.cors.allowed_origins,
         &raw.cors.allowed_headers,
         raw.cors.max_age_secs,
@@ -663,7 +664,7 @@ fn routes(p: &mut Problems, raw: &[file::Route], upstreams: &[Upstream]) -> Rout
         if r.owner.is_some() && access.is_some_and(|a| a != Access::Required) {
             p.add(format!("{at}: owner needs auth = \"required\""));
         }
-        if crate::path::normalise(&r.path.replace(['{', '}', '*'], "")).is_err() {
+        if crate::edge::path::normalise(&r.path.replace(['{', '}', '*'], "")).is_err() {
             p.add(format!(
                 "{at}: the path is not canonical (no `..`, `\\`, `%2F`, `//`)"
             ));
@@ -688,7 +689,7 @@ fn issuers(p: &mut Problems, raw: &[file::Issuer], local_issuer: &str) -> Vec<Is
         if raw[..i].iter().any(|o| o.name == iss.name) {
             p.add(format!("{at} is defined twice"));
         }
-        let target = crate::issuers::fetch::Target::parse(&iss.jwks_url)
+        let target = crate::authn::issuers::fetch::Target::parse(&iss.jwks_url)
             .map_err(|e| p.add(format!("{at}: jwks_url {e}")))
             .ok();
         for (key, v) in [

@@ -93,7 +93,7 @@ pub fn now() -> i64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// recording upstream (speaks the same JSON as `portcullis::echo`)
+// recording upstream (speaks the same JSON as `portcullis::demo::echo`)
 // ---------------------------------------------------------------------------------------------
 
 /// One request as an upstream received it.

@@ -146,7 +146,7 @@ impl StoreHealth {
 
     pub fn set_up(&self, up: bool) -> bool {
         let was = self.up.swap(up, std::sync::atomic::Ordering::Relaxed);
-        crate::metrics::STORE_UP.set(i64::from(up));
+        crate::ops::metrics::STORE_UP.set(i64::from(up));
         was
     }
 }

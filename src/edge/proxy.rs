@@ -2,8 +2,6 @@
 //! decision (`admit`) is a plain synchronous function over the request header, so it can be
 //! read, tested and benchmarked without a socket; the phases only write what it decided.
 
-mod ctx;
-
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -14,18 +12,18 @@ use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-pub use ctx::RequestCtx;
+pub use super::ctx::RequestCtx;
 
-use crate::cors::{CorsPolicy, Verdict};
-use crate::deadline::HeadDeadline;
-use crate::endpoints::{self, Endpoint, Identity, MAX_BODY_BYTES};
-use crate::framing::{self, FramingError};
-use crate::identity::{self, Credential, X_REQUEST_ID};
-use crate::path;
+use crate::accounts::endpoints::{self, Endpoint, Identity, MAX_BODY_BYTES};
+use crate::authn::{self, Authenticator};
+use crate::edge::cors::{CorsPolicy, Verdict};
+use crate::edge::deadline::HeadDeadline;
+use crate::edge::framing::{self, FramingError};
+use crate::edge::headers::{self, Credential, X_REQUEST_ID};
+use crate::edge::path;
+use crate::edge::routes::{Access, RouteTable};
+use crate::edge::upstream::Upstream;
 use crate::problem::{Code, Problem};
-use crate::routes::{Access, RouteTable};
-use crate::tokens::{self, Authenticator};
-use crate::upstream::Upstream;
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
@@ -41,9 +39,9 @@ pub struct Gateway {
     /// The identity endpoints, when the gateway serves them.
     pub identity: Option<Arc<Identity>>,
     /// Requests in flight, for graceful shutdown.
-    pub in_flight: Arc<crate::drain::InFlight>,
-    /// Metric handles per route, resolved at start (see [`crate::metrics::TableMetrics`]).
-    pub metrics: crate::metrics::TableMetrics,
+    pub in_flight: Arc<crate::edge::drain::InFlight>,
+    /// Metric handles per route, resolved at start (see [`crate::ops::metrics::TableMetrics`]).
+    pub metrics: crate::ops::metrics::TableMetrics,
 }
 
 /// What the gateway does with a request after looking at its header.
@@ -83,8 +81,8 @@ impl Gateway {
     /// headers stripped, path canonicalised) and fills `ctx`.
     pub fn admit(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, now: u64) -> Decision {
         // 1. The client never sets identity, on any route.
-        identity::strip_identity_headers(req);
-        ctx.request_id = Some(identity::request_id(req));
+        headers::strip_identity_headers(req);
+        ctx.request_id = Some(headers::request_id(req));
         // 0. A head an upstream could frame differently, or too large to be honest, goes no
         //    further (see `framing`).
         if let Err(e) = framing::check(req) {
@@ -132,8 +130,8 @@ impl Gateway {
         }
         // Cross-origin: preflights answered here, cross-site unsafe cookie requests refused.
         ctx.cors_origin = self.cors.allowed_origin(req);
-        let credential = identity::credential(req, &self.cookie_name);
-        let cookie_auth = matches!(credential, Credential::Token(_, identity::Source::Cookie));
+        let credential = headers::credential(req, &self.cookie_name);
+        let cookie_auth = matches!(credential, Credential::Token(_, headers::Source::Cookie));
         let endpoint = self
             .identity
             .as_ref()
@@ -210,10 +208,10 @@ impl Gateway {
     /// What reaches the upstream: identity injected, credential removed, request id set.
     pub fn prepare_upstream(&self, req: &mut RequestHeader, ctx: &RequestCtx) {
         if !ctx.forward_token {
-            identity::remove_credentials(req, &self.cookie_name);
+            headers::remove_credentials(req, &self.cookie_name);
         }
         if let Some(who) = &ctx.identity {
-            identity::inject_identity(req, who);
+            headers::inject_identity(req, who);
         }
         if let Some(id) = &ctx.request_id {
             let _ = req.insert_header(X_REQUEST_ID.clone(), id.clone());
@@ -234,7 +232,7 @@ impl Gateway {
             .ok_or_else(|| Problem::new(Code::NotFound))?;
         let body = read_body(session, MAX_BODY_BYTES).await?;
         let req = session.req_header();
-        let token = match identity::credential(req, &self.cookie_name) {
+        let token = match headers::credential(req, &self.cookie_name) {
             Credential::Token(t, _) => Some(t),
             Credential::None => None,
             Credential::Ambiguous => {
@@ -307,7 +305,7 @@ async fn respond(
         let _ = head.insert_header(X_REQUEST_ID.clone(), id.clone());
     }
     if let Some(origin) = &ctx.cors_origin {
-        crate::cors::decorate(&mut head, origin.clone());
+        crate::edge::cors::decorate(&mut head, origin.clone());
     }
     // A request body we never read would be taken for the next request: close instead.
     if !session.is_body_empty() {
@@ -346,7 +344,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let decision = self.admit(session.req_header_mut(), ctx, tokens::unix_secs());
+        let decision = self.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
         // The head is in, and its deadline no longer applies: a proxied body keeps Pingora's
         // timeouts. An identity body, read here, must arrive within the same deadline.
         let deadline = HeadDeadline::of(session.as_downstream().stream());
@@ -367,7 +365,7 @@ impl ProxyHttp for Gateway {
                     d.disarm();
                 }
                 let status = answer.as_ref().map_or_else(Problem::status, |r| r.status);
-                crate::metrics::IDENTITY_REQUESTS
+                crate::ops::metrics::IDENTITY_REQUESTS
                     .with_label_values(&[endpoint.as_str(), status.to_string().as_str()])
                     .inc();
                 let (head, body) = match answer {
@@ -422,9 +420,9 @@ impl ProxyHttp for Gateway {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if reused {
-            crate::metrics::UPSTREAM_REUSED.inc();
+            crate::ops::metrics::UPSTREAM_REUSED.inc();
         } else {
-            crate::metrics::UPSTREAM_NEW.inc();
+            crate::ops::metrics::UPSTREAM_NEW.inc();
         }
         Ok(())
     }
@@ -454,7 +452,7 @@ impl ProxyHttp for Gateway {
             let _ = response.insert_header(X_REQUEST_ID.clone(), id.clone());
         }
         if let Some(origin) = &ctx.cors_origin {
-            crate::cors::decorate(response, origin.clone());
+            crate::edge::cors::decorate(response, origin.clone());
         }
         Ok(())
     }
@@ -507,7 +505,7 @@ impl ProxyHttp for Gateway {
         m.request_seconds
             .observe(ctx.started.elapsed().as_secs_f64());
         if let Some(code) = ctx.rejection {
-            crate::metrics::REJECTIONS
+            crate::ops::metrics::REJECTIONS
                 .with_label_values(&[code.as_str()])
                 .inc();
         }
@@ -519,7 +517,7 @@ impl ProxyHttp for Gateway {
             route,
             status,
             latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            user_id = ctx.identity.as_ref().map(tokens::Verified::sub),
+            user_id = ctx.identity.as_ref().map(authn::Verified::sub),
             code = ctx.rejection.map(Code::as_str),
             error = e.map(|e| e.etype().as_str()),
         );

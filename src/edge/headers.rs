@@ -5,7 +5,7 @@
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
-use crate::tokens::Verified;
+use crate::authn::Verified;
 
 pub static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub static X_USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");

@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::authn::verify::{ClaimNames, TokenError, Unverified, Verified};
+use crate::authn::{KeySet, jwk};
 use crate::config;
-use crate::tokens::verify::{ClaimNames, TokenError, Unverified, Verified};
-use crate::tokens::{KeySet, jwk};
 
 /// First retry after a failed fetch; doubled up to [`MAX_BACKOFF`] (or `refresh_secs`).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -67,7 +67,7 @@ impl Issuers {
         for i in &self.list {
             if let Some(age) = i.age() {
                 // Created on the first fetch: an age of 0 before it would read as fresh.
-                crate::metrics::JWKS_AGE
+                crate::ops::metrics::JWKS_AGE
                     .with_label_values(&[i.conf.name.as_str()])
                     .set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
             }
@@ -133,8 +133,8 @@ impl ExternalIssuer {
             leeway_secs,
         );
         Self {
-            unknown_kid: crate::metrics::JWKS_UNKNOWN_KID.with_label_values(&[name]),
-            keys_gauge: crate::metrics::JWKS_KEYS.with_label_values(&[name]),
+            unknown_kid: crate::ops::metrics::JWKS_UNKNOWN_KID.with_label_values(&[name]),
+            keys_gauge: crate::ops::metrics::JWKS_KEYS.with_label_values(&[name]),
             keys: ArcSwap::from_pointee(empty),
             conf,
             leeway_secs,
@@ -215,7 +215,7 @@ impl ExternalIssuer {
         )));
         self.keys_gauge
             .set(i64::try_from(count).unwrap_or(i64::MAX));
-        crate::metrics::JWKS_AGE
+        crate::ops::metrics::JWKS_AGE
             .with_label_values(&[self.conf.name.as_str()])
             .set(0);
         {
@@ -233,7 +233,7 @@ impl ExternalIssuer {
     }
 
     fn failed(&self, kind: &'static str, detail: &str) {
-        crate::metrics::JWKS_FETCHES
+        crate::ops::metrics::JWKS_FETCHES
             .with_label_values(&[self.conf.name.as_str(), kind])
             .inc();
         let mut st = self
@@ -288,7 +288,7 @@ impl ExternalIssuer {
                 for why in &parsed.skipped {
                     tracing::debug!(issuer = %self.conf.name, reason = %why, "JWK skipped");
                 }
-                crate::metrics::JWKS_FETCHES
+                crate::ops::metrics::JWKS_FETCHES
                     .with_label_values(&[self.conf.name.as_str(), "ok"])
                     .inc();
                 self.install(parsed);

@@ -101,7 +101,7 @@ impl AsyncRead for HeadDeadline {
                 }
                 // Once: a timed-out stream is not read again.
                 this.due.store(0, Ordering::Relaxed);
-                crate::metrics::HEAD_TIMEOUTS.inc();
+                crate::ops::metrics::HEAD_TIMEOUTS.inc();
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request head not complete in time",

@@ -531,7 +531,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Audience<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::keys::{KeySet, VerifyKey};
+    use crate::authn::keys::{KeySet, VerifyKey};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use serde_json::json;
 

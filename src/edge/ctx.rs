@@ -4,9 +4,9 @@ use std::time::Instant;
 
 use http::HeaderValue;
 
-use crate::drain::InFlightGuard;
+use crate::authn::Verified;
+use crate::edge::drain::InFlightGuard;
 use crate::problem::Code;
-use crate::tokens::Verified;
 
 #[derive(Debug)]
 pub struct RequestCtx {

@@ -191,7 +191,7 @@ mod tests {
     /// The public JWK our own key code renders for a fixture key.
     fn jwk_of(alg: Alg, pem: &[u8], kid: &str) -> serde_json::Value {
         let key = VerifyKey::from_private_pem(Some(kid.into()), alg, pem).unwrap();
-        let set = crate::tokens::KeySet::new(vec![key], "i".into(), "a".into(), 0);
+        let set = crate::authn::KeySet::new(vec![key], "i".into(), "a".into(), 0);
         let doc: serde_json::Value = serde_json::from_slice(set.jwks().unwrap()).unwrap();
         doc["keys"][0].clone()
     }
@@ -234,22 +234,22 @@ mod tests {
             jwk_of(Alg::ES256, P256_PEM, "ec"),
             jwk_of(Alg::RS256, RSA_PEM, "rs"),
         ]);
-        let keys = crate::tokens::KeySet::external(
+        let keys = crate::authn::KeySet::external(
             parse_jwks(&body).unwrap().keys,
             "https://idp".into(),
             "app".into(),
             30,
         );
-        let now = crate::tokens::unix_secs();
+        let now = crate::clock::unix_secs();
         let claims = json!({"sub":"u-1","email":"u@idp","iat":now,"exp":now + 60,
                             "iss":"https://idp","aud":"app"});
-        let names = crate::tokens::verify::ClaimNames {
+        let names = crate::authn::verify::ClaimNames {
             user_id: "sub",
             email: "email",
         };
         let check = |token: &str| {
-            let mut scratch = crate::tokens::verify::Scratch::new();
-            crate::tokens::verify::parse(token.as_bytes(), &mut scratch)
+            let mut scratch = crate::authn::verify::Scratch::new();
+            crate::authn::verify::parse(token.as_bytes(), &mut scratch)
                 .and_then(|t| t.check(&keys, Some(names), now))
         };
         let sign = |alg, key: EncodingKey, kid: &str| {

@@ -3,6 +3,8 @@
 //! built-in echo upstream behind a protected owner route and a public route, and the curl
 //! lines that try it. For development only, and it says so.
 
+pub mod echo;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;

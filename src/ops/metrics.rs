@@ -337,7 +337,7 @@ pub struct TableMetrics {
 }
 
 impl TableMetrics {
-    pub fn new(table: &crate::routes::RouteTable) -> Self {
+    pub fn new(table: &crate::edge::routes::RouteTable) -> Self {
         Self {
             routes: table
                 .routes()

@@ -17,7 +17,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use uuid::Uuid;
 
-use crate::store::{Cursor, Listen, Migrate, Revocation, SharedStore, StoreHealth};
+use crate::accounts::store::{Cursor, Listen, Migrate, Revocation, SharedStore, StoreHealth};
+use crate::clock::unix_now;
 
 /// How often a replica asks the store for revocations it may have missed.
 pub const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
@@ -139,11 +140,6 @@ impl Revocations {
     }
 }
 
-/// [`crate::tokens::unix_secs`] as the signed seconds the revocation log stores.
-pub fn unix_now() -> i64 {
-    i64::try_from(crate::tokens::unix_secs()).unwrap_or(i64::MAX)
-}
-
 /// Keeps [`Revocations`] in step with the store; migrates a store that was down at start;
 /// tells readiness whether the store answers.
 pub struct RevocationSync {
@@ -205,7 +201,7 @@ impl BackgroundService for RevocationSync {
             match self.store.revocations_since(cursor, unix_now()).await {
                 Ok(batch) => {
                     self.revocations.apply(&batch.revocations);
-                    crate::metrics::REVOKED_ENTRIES
+                    crate::ops::metrics::REVOKED_ENTRIES
                         .set(i64::try_from(self.revocations.snapshot().len()).unwrap_or(i64::MAX));
                     cursor = batch.cursor;
                     if !self.health.set_up(true) {
@@ -220,7 +216,7 @@ impl BackgroundService for RevocationSync {
             }
             if let Some(pool) = self.store.pool_status() {
                 let set = |state: &str, n: usize| {
-                    crate::metrics::STORE_POOL
+                    crate::ops::metrics::STORE_POOL
                         .with_label_values(&[state])
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
                 };

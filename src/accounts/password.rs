@@ -138,12 +138,12 @@ impl PasswordPool {
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {
         // The gauge is the queue depth: up on submit, down when a worker finishes or refuses.
-        crate::metrics::PASSWORD_QUEUE_DEPTH.inc();
+        crate::ops::metrics::PASSWORD_QUEUE_DEPTH.inc();
         match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                crate::metrics::PASSWORD_QUEUE_DEPTH.dec();
-                crate::metrics::PASSWORD_REFUSED.inc();
+                crate::ops::metrics::PASSWORD_QUEUE_DEPTH.dec();
+                crate::ops::metrics::PASSWORD_REFUSED.inc();
                 Err(PoolError::Saturated)
             }
         }
@@ -165,7 +165,7 @@ impl PasswordPool {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PoolError::Failed),
             Err(_) => {
-                crate::metrics::PASSWORD_REFUSED.inc();
+                crate::ops::metrics::PASSWORD_REFUSED.inc();
                 Err(PoolError::Saturated)
             }
         }
@@ -198,7 +198,8 @@ fn worker(rx: &std::sync::Mutex<Receiver<Job>>) {
                 reply,
             } => {
                 started.store(true, Ordering::Release);
-                crate::metrics::PASSWORD_WAIT_SECONDS.observe(enqueued.elapsed().as_secs_f64());
+                crate::ops::metrics::PASSWORD_WAIT_SECONDS
+                    .observe(enqueued.elapsed().as_secs_f64());
                 // A caller that gave up waiting no longer needs the work.
                 if !reply.is_closed() {
                     let _ =
@@ -213,14 +214,15 @@ fn worker(rx: &std::sync::Mutex<Receiver<Job>>) {
                 reply,
             } => {
                 started.store(true, Ordering::Release);
-                crate::metrics::PASSWORD_WAIT_SECONDS.observe(enqueued.elapsed().as_secs_f64());
+                crate::ops::metrics::PASSWORD_WAIT_SECONDS
+                    .observe(enqueued.elapsed().as_secs_f64());
                 if !reply.is_closed() {
                     let _ =
                         reply.send(bcrypt::verify(&password, &hash).map_err(|_| PoolError::Failed));
                 }
             }
         }
-        crate::metrics::PASSWORD_QUEUE_DEPTH.dec();
+        crate::ops::metrics::PASSWORD_QUEUE_DEPTH.dec();
     }
 }
 

@@ -3,8 +3,8 @@
 //! issued up to now.
 
 use super::{Identity, Reply, Request, authenticated_user, now, store_problem};
+use crate::accounts::store::Revocation;
 use crate::problem::{Code, Problem};
-use crate::store::Revocation;
 
 pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
     let all = match req.query {

@@ -10,10 +10,10 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::issuers::Issuers;
+use crate::accounts::store::StoreHealth;
+use crate::authn::KeySet;
+use crate::authn::issuers::Issuers;
 use crate::problem::{Code, Problem};
-use crate::store::StoreHealth;
-use crate::tokens::KeySet;
 
 #[derive(Debug)]
 pub struct Admin {
@@ -50,7 +50,11 @@ impl Admin {
             }
             (true, "/metrics") => {
                 self.issuers.update_age_gauges();
-                (200, "text/plain; version=0.0.4", crate::metrics::render())
+                (
+                    200,
+                    "text/plain; version=0.0.4",
+                    crate::ops::metrics::render(),
+                )
             }
             _ => {
                 let p = Problem::new(Code::NotFound);

@@ -1,28 +1,13 @@
-//! Tokens: the key set (`keys`), verification on the hot path (`verify`), external issuers'
-//! JWKS documents (`jwk`). Minting at sign-in (`issue`). [`Authenticator`] joins verification,
-//! the choice of key set by `iss`, and revocation: the one check both the edge and the
-//! identity endpoints use.
-
-pub mod issue;
-pub mod jwk;
-pub mod keys;
-pub mod verify;
-
-pub use keys::{Alg, KeySet, VerifyKey};
-pub use verify::{MAX_TOKEN_BYTES, TokenError, Verified, verify};
+//! The [`Authenticator`]: verification, the choice of key set by `iss`, and revocation, joined
+//! into the one check both the edge and the identity endpoints use.
 
 use std::sync::Arc;
 
-use crate::issuers::Issuers;
+use super::KeySet;
+use super::issuers::Issuers;
+use super::revocation::Revocations;
+use super::verify::{self, TokenError, Verified};
 use crate::problem::Code;
-use crate::revocation::Revocations;
-
-/// Seconds since the epoch, the clock every token check and every minted token reads.
-pub fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// Verifies a token and checks it against the revocation snapshot. No I/O, no lock.
 #[derive(Debug)]
@@ -41,8 +26,8 @@ impl Authenticator {
         let result = self.check(token, now);
         let took = started.elapsed().as_secs_f64();
         match &result {
-            Ok(_) => crate::metrics::TOKEN_VALID_SECONDS.observe(took),
-            Err(code) => crate::metrics::TOKEN_VERIFY_SECONDS
+            Ok(_) => crate::ops::metrics::TOKEN_VALID_SECONDS.observe(took),
+            Err(code) => crate::ops::metrics::TOKEN_VERIFY_SECONDS
                 .with_label_values(&[code.as_str()])
                 .observe(took),
         }

@@ -2,7 +2,6 @@
 //! signout, me. Each endpoint is one file, a function from the parsed request and the shared
 //! dependencies to a reply or a problem. `body.rs` owns request parsing and validation.
 
-pub(crate) mod body;
 mod me;
 mod register;
 mod signin;
@@ -15,13 +14,14 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use serde::Serialize;
 
+use crate::accounts::body;
+use crate::accounts::password::{PasswordPool, PoolError};
+use crate::accounts::ratelimit::{Limiter, TrustedProxies};
+use crate::accounts::store::{SharedStore, StoreError, StoreHealth, User};
+use crate::authn::Authenticator;
+use crate::authn::issue::{Minted, TokenIssuer};
 use crate::config;
-use crate::password::{PasswordPool, PoolError};
 use crate::problem::{Code, Problem};
-use crate::ratelimit::{Limiter, TrustedProxies};
-use crate::store::{SharedStore, StoreError, StoreHealth, User};
-use crate::tokens::Authenticator;
-use crate::tokens::issue::{Minted, TokenIssuer};
 
 /// Largest request body an identity endpoint reads.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -263,7 +263,7 @@ fn credentials_request(
 fn authenticated_user(
     id: &Identity,
     req: &Request<'_>,
-) -> Result<(crate::tokens::Verified, uuid::Uuid), Problem> {
+) -> Result<(crate::authn::Verified, uuid::Uuid), Problem> {
     let token = req.token.ok_or_else(|| Problem::new(Code::MissingToken))?;
     let who = id
         .auth
@@ -279,4 +279,4 @@ fn authenticated_user(
     Ok((who, user))
 }
 
-use crate::tokens::unix_secs as now;
+use crate::clock::unix_secs as now;

@@ -1,0 +1,17 @@
+//! Who is this request: the key set (`keys`), verification on the hot path (`verify`),
+//! external issuers' JWKS documents (`jwk`) and their refresh (`issuers`), the revocation
+//! snapshot and its sync (`revocation`), and the [`Authenticator`] that ties them together: the
+//! one check both the edge and the identity endpoints use. Minting at sign-in (`issue`).
+//! Everything the request path calls here is pure or reads a snapshot.
+
+mod authenticator;
+pub mod issue;
+pub mod issuers;
+pub mod jwk;
+pub mod keys;
+pub mod revocation;
+pub mod verify;
+
+pub use authenticator::Authenticator;
+pub use keys::{Alg, KeySet, VerifyKey};
+pub use verify::{MAX_TOKEN_BYTES, TokenError, Verified, verify};
