@@ -16,6 +16,7 @@ pub mod edge;
 pub mod fuzzing;
 pub mod ops;
 pub mod problem;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 
-use crate::accounts::{endpoints, password, ratelimit, store};
+use crate::accounts::{endpoints, password, ratelimit, store, sync};
 use crate::authn::{issuers, revocation};
 use crate::config::Config;
 use crate::edge::{deadline, drain, proxy, upstream};
@@ -58,15 +59,22 @@ pub fn build(mut config: Config) -> Result<Server, String> {
     });
 
     let (opened, health) = start_store(&config.store)?;
-    let sync = pingora::services::background::background_service(
-        "revocation sync",
-        revocation::RevocationSync {
+    let upkeep = pingora::services::background::background_service(
+        "store upkeep",
+        store::upkeep::StoreUpkeep {
             store: Arc::clone(&opened.store),
-            listener: opened.listener.clone(),
             migrator: config
                 .store
                 .auto_migrate
                 .then(|| Arc::clone(&opened.migrator)),
+            health: Arc::clone(&health),
+        },
+    );
+    let sync = pingora::services::background::background_service(
+        "revocation sync",
+        sync::RevocationSync {
+            store: Arc::clone(&opened.store),
+            listener: opened.listener.clone(),
             revocations,
             health: Arc::clone(&health),
         },
@@ -108,6 +116,7 @@ pub fn build(mut config: Config) -> Result<Server, String> {
 
     server.add_service(edge);
     server.add_service(admin);
+    server.add_service(upkeep);
     server.add_service(sync);
     server.add_service(pingora::services::background::background_service(
         "drain",

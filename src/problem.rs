@@ -1,6 +1,9 @@
 //! The one place where a gateway-made error becomes an `application/problem+json` response
-//! (RFC 9457). Callers name a [`Code`]; the status, the title and the headers follow from it.
-//! Bodies carry plain words and the code, never a token, a password, a secret or a cause.
+//! (RFC 9457). Callers name a [`Code`], or hand over a lower error with `?`: every failure of
+//! a store, the password pool, a token, the request framing, the path, minting or the upstream
+//! is turned into a [`Problem`] here ("The rescue", below), and only here. The status, the
+//! title and the headers follow from the code. Bodies carry plain words and the code, never a
+//! token, a password, a secret or a cause; the cause goes to the log.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -8,6 +11,15 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use serde::Serialize;
+
+use crate::accounts::password::PoolError;
+use crate::accounts::ratelimit::Limited;
+use crate::accounts::store::StoreError;
+use crate::authn::Refusal;
+use crate::authn::issue::MintError;
+use crate::edge::framing::FramingError;
+use crate::edge::headers::AmbiguousCredential;
+use crate::edge::path::PathError;
 
 /// Every error code of CONTRACT section 5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -238,6 +250,119 @@ fn insert(header: &mut ResponseHeader, name: &'static str, value: &str) {
     header
         .insert_header(name, value)
         .expect("static header names and ASCII values are valid");
+}
+
+// The rescue: every lower error that becomes a response, mapped once.
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::EmailTaken => Self::new(Code::EmailTaken),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(cause = %cause, "identity store unavailable");
+                Self::new(Code::ServiceUnavailable).retry_after(1)
+            }
+            StoreError::Other(cause) => {
+                tracing::error!(cause = %cause, "identity store error");
+                Self::new(Code::Internal)
+            }
+        }
+    }
+}
+
+impl From<PoolError> for Problem {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Saturated => Self::new(Code::ServiceUnavailable).retry_after(1),
+            PoolError::Failed => {
+                tracing::error!("bcrypt failed");
+                Self::new(Code::Internal)
+            }
+        }
+    }
+}
+
+impl From<Limited> for Problem {
+    fn from(l: Limited) -> Self {
+        Self::new(Code::RateLimited).retry_after(l.retry_after_secs)
+    }
+}
+
+impl From<Refusal> for Problem {
+    fn from(r: Refusal) -> Self {
+        let code = match r {
+            Refusal::Invalid => Code::InvalidToken,
+            Refusal::Expired => Code::TokenExpired,
+            Refusal::Revoked => Code::TokenRevoked,
+        };
+        Self::new(code).token_presented(true)
+    }
+}
+
+impl From<MintError> for Problem {
+    fn from(e: MintError) -> Self {
+        tracing::error!(cause = %e, "minting a token failed");
+        Self::new(Code::Internal)
+    }
+}
+
+impl From<FramingError> for Problem {
+    fn from(e: FramingError) -> Self {
+        tracing::debug!(reason = ?e, "request head refused");
+        let detail = match e {
+            FramingError::TargetTooLong
+            | FramingError::HeaderTooLong
+            | FramingError::HeadTooLarge => "The request head is too large",
+            FramingError::RepeatedLength | FramingError::UnclearTransferEncoding => {
+                "The request framing is ambiguous"
+            }
+        };
+        Self::new(Code::BadRequest).detail(detail)
+    }
+}
+
+impl From<AmbiguousCredential> for Problem {
+    fn from(_: AmbiguousCredential) -> Self {
+        Self::new(Code::BadRequest).detail("More than one credential was presented")
+    }
+}
+
+impl From<PathError> for Problem {
+    fn from(e: PathError) -> Self {
+        tracing::debug!(reason = ?e, "path refused");
+        match e {
+            PathError::NotOriginForm => {
+                Self::new(Code::BadRequest).detail("The request target must be a path")
+            }
+            PathError::Unrepresentable => Self::new(Code::BadRequest),
+            _ => Self::new(Code::BadRequest).detail("The request path is not acceptable"),
+        }
+    }
+}
+
+impl Problem {
+    /// The problem for a failure while proxying; `None` when the client is already gone (no
+    /// one to answer).
+    pub fn of_proxy_error(e: &pingora::Error) -> Option<Self> {
+        use ErrorType::{
+            ConnectTimedout, ConnectionClosed, HTTPStatus, ReadError, ReadTimedout, WriteError,
+            WriteTimedout,
+        };
+        use pingora::{ErrorSource, ErrorType};
+        let code = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(504))
+            | (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+                Code::GatewayTimeout
+            }
+            (_, HTTPStatus(502)) | (ErrorSource::Upstream, _) => Code::BadGateway,
+            (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed | ReadTimedout) => {
+                return None;
+            }
+            (ErrorSource::Downstream, _) => Code::BadRequest,
+            _ => Code::Internal,
+        };
+        Some(Self::new(code))
+    }
 }
 
 #[cfg(test)]

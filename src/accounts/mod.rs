@@ -1,9 +1,14 @@
 //! The identity service the gateway serves itself: the endpoints (`endpoints`, one file each),
-//! request bodies (`body`), the bcrypt pool (`password`), rate limits (`ratelimit`) and the
-//! user store with its migrations (`store`: SQLite or Postgres).
+//! the request as read off the Pingora session (`request`), request bodies (`body`), the
+//! bcrypt pool (`password`), rate limits and the client address behind trusted proxies
+//! (`ratelimit`), the user store with its migrations and upkeep (`store`: SQLite or Postgres),
+//! and the sync that keeps the edge's revocation snapshot in step with the store's log
+//! (`sync`).
 
 pub mod body;
 pub mod endpoints;
 pub mod password;
 pub mod ratelimit;
+pub mod request;
 pub mod store;
+pub mod sync;

@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
 const WINDOW: Duration = Duration::from_secs(60);
+
+/// A key over its limit, and when to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub retry_after_secs: u64,
+}
+
 /// Beyond this many keys in a shard, stale windows are swept before inserting.
 const SWEEP_AT: usize = 4096;
 /// Live windows a shard may hold (16 shards: about 260k keys, a few tens of MiB at most).
@@ -62,17 +69,17 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         &self.shards[h]
     }
 
-    /// Counts one event; `Err(retry_after_secs)` when the key is over its limit.
-    pub fn hit(&self, key: &K) -> Result<(), u64> {
+    /// Counts one event; `Err` when the key is over its limit.
+    pub fn hit(&self, key: &K) -> Result<(), Limited> {
         self.add(key, 1)
     }
 
     /// Is the key over its limit, without counting?
-    pub fn check(&self, key: &K) -> Result<(), u64> {
+    pub fn check(&self, key: &K) -> Result<(), Limited> {
         self.add(key, 0)
     }
 
-    fn add(&self, key: &K, n: u32) -> Result<(), u64> {
+    fn add(&self, key: &K, n: u32) -> Result<(), Limited> {
         let now = Instant::now();
         let mut shard = self
             .shard(key)
@@ -86,7 +93,9 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
                     .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
             }
             if shard.windows.len() >= self.max_keys_per_shard {
-                return Err(1);
+                return Err(Limited {
+                    retry_after_secs: 1,
+                });
             }
         }
         let entry = shard.windows.entry(key.clone()).or_insert((now, 0));
@@ -95,7 +104,9 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         }
         if entry.1 >= self.limit {
             let left = WINDOW.saturating_sub(now.duration_since(entry.0));
-            return Err(left.as_secs().max(1));
+            return Err(Limited {
+                retry_after_secs: left.as_secs().max(1),
+            });
         }
         entry.1 += n;
         Ok(())
@@ -186,7 +197,7 @@ mod tests {
         for _ in 0..3 {
             assert!(l.hit(&"k").is_ok());
         }
-        let retry = l.hit(&"k").unwrap_err();
+        let retry = l.hit(&"k").unwrap_err().retry_after_secs;
         assert!((1..=60).contains(&retry));
         assert!(l.hit(&"other").is_ok());
         assert!(l.check(&"k").is_err());

@@ -7,7 +7,6 @@ use super::KeySet;
 use super::issuers::Issuers;
 use super::revocation::Revocations;
 use super::verify::{self, TokenError, Verified};
-use crate::problem::Code;
 
 /// Verifies a token and checks it against the revocation snapshot. No I/O, no lock.
 #[derive(Debug)]
@@ -20,8 +19,8 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// The verified identity, or the problem code to refuse with.
-    pub fn authenticate(&self, token: &[u8], now: u64) -> Result<Verified, Code> {
+    /// The verified identity, or why the token is refused.
+    pub fn authenticate(&self, token: &[u8], now: u64) -> Result<Verified, Refusal> {
         let started = std::time::Instant::now();
         let result = self.check(token, now);
         let took = started.elapsed().as_secs_f64();
@@ -34,12 +33,12 @@ impl Authenticator {
         result
     }
 
-    fn check(&self, token: &[u8], now: u64) -> Result<Verified, Code> {
+    fn check(&self, token: &[u8], now: u64) -> Result<Verified, Refusal> {
         let refused = |e| match e {
-            TokenError::Expired => Code::TokenExpired,
+            TokenError::Expired => Refusal::Expired,
             TokenError::Invalid(reason) => {
                 tracing::debug!(reason, "token refused");
-                Code::InvalidToken
+                Refusal::Invalid
             }
         };
         let mut scratch = verify::Scratch::new();
@@ -58,8 +57,30 @@ impl Authenticator {
             .snapshot()
             .is_revoked(who.jti, who.user_uuid, who.iat)
         {
-            return Err(Code::TokenRevoked);
+            return Err(Refusal::Revoked);
         }
         Ok(who)
+    }
+}
+
+/// Why a presented token is refused (`problem` makes it a 401 with the RFC 6750 challenge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed, badly signed, wrong algorithm, issuer or audience, not yet valid.
+    Invalid,
+    /// `exp` passed by more than the leeway.
+    Expired,
+    /// Signed out (this token, or every token of its user).
+    Revoked,
+}
+
+impl Refusal {
+    /// The contract's problem code for it (also the metric label).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid_token",
+            Self::Expired => "token_expired",
+            Self::Revoked => "token_revoked",
+        }
     }
 }

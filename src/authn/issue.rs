@@ -72,7 +72,7 @@ impl TokenIssuer {
     }
 
     /// A token for `user` issued at `iat` (unix seconds), valid for the configured TTL.
-    pub fn mint(&self, user: Uuid, email: &str, iat: u64) -> Result<Minted, String> {
+    pub fn mint(&self, user: Uuid, email: &str, iat: u64) -> Result<Minted, MintError> {
         let jti = Uuid::new_v4();
         let exp = iat + self.ttl_secs;
         let claims = Claims {
@@ -85,7 +85,7 @@ impl TokenIssuer {
             aud: &self.audience,
         };
         let token = jsonwebtoken::encode(&self.header, &claims, &self.key)
-            .map_err(|e| format!("signing failed: {e}"))?;
+            .map_err(|e| MintError(e.to_string()))?;
         Ok(Minted {
             token,
             jti,
@@ -94,3 +94,9 @@ impl TokenIssuer {
         })
     }
 }
+
+/// Signing a token failed (a key the config check let through, or a library fault): the
+/// cause is for the log only.
+#[derive(Debug, thiserror::Error)]
+#[error("signing a token failed: {0}")]
+pub struct MintError(String);

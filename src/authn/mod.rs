@@ -12,6 +12,6 @@ pub mod keys;
 pub mod revocation;
 pub mod verify;
 
-pub use authenticator::Authenticator;
+pub use authenticator::{Authenticator, Refusal};
 pub use keys::{Alg, KeySet, VerifyKey};
 pub use verify::{MAX_TOKEN_BYTES, TokenError, Verified, verify};

@@ -1,28 +1,38 @@
-//! Revocation: an in-memory snapshot every request reads without a lock or any I/O, and the
-//! background service that keeps it in step with the store.
-//!
-//! A replica learns of a revocation three ways: at once when it made it itself, within
-//! milliseconds from Postgres `NOTIFY`, and within [`CATCH_UP_EVERY`] from the catch-up query
-//! that covers whatever a dropped listener missed. When the store is down, the last snapshot
-//! stays in force and the edge keeps serving.
+//! Revocation: what a revocation is, and the in-memory snapshot every request reads without a
+//! lock or any I/O. The store keeps the log; `accounts::sync` keeps this snapshot in step
+//! with it (at once for this replica's own sign-outs, within milliseconds from Postgres
+//! `NOTIFY`, within half a second from the catch-up query). When the store is down, the last
+//! snapshot stays in force and the edge keeps serving.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use uuid::Uuid;
 
-use crate::accounts::store::{Cursor, Listen, Migrate, Revocation, SharedStore, StoreHealth};
 use crate::clock::unix_now;
 
-/// How often a replica asks the store for revocations it may have missed.
-pub const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// One revocation, as replicated to every gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// One token, by its `jti`, until `expires_at` (unix seconds: the token's own `exp`).
+    Token { jti: String, expires_at: i64 },
+    /// Every token of `user_id` issued before `issued_before` (unix seconds); the row matters
+    /// until `expires_at`, after which every such token has expired anyway.
+    AllOfUser {
+        user_id: Uuid,
+        issued_before: i64,
+        expires_at: i64,
+    },
+}
+
+impl Revocation {
+    pub fn expires_at(&self) -> i64 {
+        match self {
+            Self::Token { expires_at, .. } | Self::AllOfUser { expires_at, .. } => *expires_at,
+        }
+    }
+}
 
 /// What is revoked right now. Immutable; replaced whole on change.
 #[derive(Debug, Default, Clone)]
@@ -134,124 +144,10 @@ impl Revocations {
         });
     }
 
-    fn prune(&self) {
+    /// Drops the entries that protect nothing any more (their tokens have expired).
+    pub fn prune(&self) {
         let now = unix_now();
         self.current.rcu(|cur| Arc::new(cur.with(&[], now)));
-    }
-}
-
-/// Keeps [`Revocations`] in step with the store; migrates a store that was down at start;
-/// tells readiness whether the store answers.
-pub struct RevocationSync {
-    pub store: SharedStore,
-    /// Set when the store is Postgres: a `LISTEN` connection speeds convergence up.
-    pub listener: Option<Arc<dyn Listen>>,
-    /// Set when migrations are still to be applied (`auto_migrate` and the store was down).
-    pub migrator: Option<Arc<dyn Migrate>>,
-    pub revocations: Arc<Revocations>,
-    pub health: Arc<StoreHealth>,
-}
-
-impl std::fmt::Debug for RevocationSync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RevocationSync").finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl BackgroundService for RevocationSync {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut notified) = tokio::sync::mpsc::channel::<()>(64);
-        if let Some(pg) = &self.listener {
-            tokio::spawn(listen_forever(Arc::clone(pg), tx));
-        }
-        if !self.health.migrated.load(Ordering::Relaxed) {
-            let Some(migrator) = &self.migrator else {
-                return;
-            };
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match migrator.migrate().await {
-                    Ok(()) => {
-                        tracing::info!("store migrated");
-                        self.health.migrated.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "store not reachable for migrations; retrying");
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    () = tokio::time::sleep(backoff) => {},
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-        let mut cursor = Cursor::default();
-        let mut tick = tokio::time::interval(CATCH_UP_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_prune = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {},
-                Some(()) = notified.recv() => {},
-            }
-            match self.store.revocations_since(cursor, unix_now()).await {
-                Ok(batch) => {
-                    self.revocations.apply(&batch.revocations);
-                    crate::ops::metrics::REVOKED_ENTRIES
-                        .set(i64::try_from(self.revocations.snapshot().len()).unwrap_or(i64::MAX));
-                    cursor = batch.cursor;
-                    if !self.health.set_up(true) {
-                        tracing::info!("store answers");
-                    }
-                }
-                Err(e) => {
-                    if self.health.set_up(false) {
-                        tracing::warn!(error = %e, "store unreachable; keeping the last revocation snapshot");
-                    }
-                }
-            }
-            if let Some(pool) = self.store.pool_status() {
-                let set = |state: &str, n: usize| {
-                    crate::ops::metrics::STORE_POOL
-                        .with_label_values(&[state])
-                        .set(i64::try_from(n).unwrap_or(i64::MAX));
-                };
-                set("max", pool.max);
-                set("idle", pool.idle);
-                set("in_use", pool.open.saturating_sub(pool.idle));
-                set("waiting", pool.waiting);
-            }
-            if last_prune.elapsed() >= PRUNE_EVERY {
-                last_prune = tokio::time::Instant::now();
-                self.revocations.prune();
-                if let Err(e) = self.store.prune_revocations(unix_now()).await {
-                    tracing::debug!(error = %e, "pruning revocations failed; will retry");
-                }
-            }
-        }
-    }
-}
-
-/// Holds a `LISTEN` connection open, reconnecting with capped exponential backoff.
-async fn listen_forever(pg: Arc<dyn Listen>, tx: tokio::sync::mpsc::Sender<()>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let started = tokio::time::Instant::now();
-        if let Err(e) = pg.listen(tx.clone()).await {
-            tracing::debug!(error = %e, "revocation listener dropped; reconnecting");
-        }
-        if tx.is_closed() {
-            return;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(100);
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -105,6 +105,19 @@ impl CorsPolicy {
         Verdict::Pass
     }
 
+    /// The edge's one call: the origin to make responses readable to, and the verdict.
+    pub fn admit(
+        &self,
+        req: &RequestHeader,
+        cookie_auth: bool,
+        identity: bool,
+    ) -> (Option<HeaderValue>, Verdict) {
+        (
+            self.allowed_origin(req),
+            self.check(req, cookie_auth, identity),
+        )
+    }
+
     /// Headers of the answer to an allowed preflight.
     pub fn preflight_headers(&self, req: &RequestHeader, resp: &mut ResponseHeader) {
         if let Some(origin) = self.allowed_origin(req) {

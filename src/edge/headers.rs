@@ -39,6 +39,13 @@ pub fn strip_identity_headers(req: &mut RequestHeader) {
     }
 }
 
+/// The edge's first look at the headers: the whole identity namespace stripped, and the
+/// request id fixed (the client's when sane, else a new one).
+pub fn strip_and_identify(req: &mut RequestHeader) -> HeaderValue {
+    strip_identity_headers(req);
+    request_id(req)
+}
+
 /// Where a presented token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -47,12 +54,27 @@ pub enum Source {
 }
 
 /// The request's credential, if any.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
     None,
     Token(&'a [u8], Source),
     /// Two `Authorization` headers or two auth cookies: refused rather than guessed.
     Ambiguous,
+}
+
+/// Two credentials of one kind were presented (`problem` makes it a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmbiguousCredential;
+
+impl<'a> Credential<'a> {
+    /// The token, if one was presented; an error when it is ambiguous.
+    pub fn token(self) -> Result<Option<&'a [u8]>, AmbiguousCredential> {
+        match self {
+            Self::None => Ok(None),
+            Self::Token(t, _) => Ok(Some(t)),
+            Self::Ambiguous => Err(AmbiguousCredential),
+        }
+    }
 }
 
 /// Reads the token from `Authorization: Bearer` or, when there is no Bearer header, from the

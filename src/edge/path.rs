@@ -5,8 +5,11 @@
 //! `docs/edge-decisions.md`; in short: decode percent-escapes of unreserved characters, collapse
 //! empty segments, resolve `.` and `..`, and refuse what an upstream could read differently
 //! (encoded `/`, `\` or NUL, raw `\`, double encoding, `..;`, malformed escapes, `..` above root).
+//! [`canonicalise_target`] writes that spelling back into the request target.
 
 use std::borrow::Cow;
+
+use pingora::http::RequestHeader;
 
 /// Why a path was refused. For logs; the client gets a plain 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +24,37 @@ pub enum PathError {
     InvalidUtf8,
     DotSegmentWithParameters,
     AboveRoot,
+    /// The canonical target could not be written back (cannot happen for a parsed request).
+    Unrepresentable,
+}
+
+/// Rewrites the request target to the canonical path (and the query as sent), so that the
+/// route table and the upstream see one spelling. Pingora keeps the raw target for the wire,
+/// so anything but a canonical origin-form target is rewritten (absolute form included) or
+/// refused (`*`, `public/x`).
+pub fn canonicalise_target(req: &mut RequestHeader) -> Result<(), PathError> {
+    let raw = req.raw_path();
+    let origin_form = raw.first() == Some(&b'/');
+    let absolute_form = raw
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
+        || raw
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"https://"));
+    if !origin_form && !absolute_form {
+        return Err(PathError::NotOriginForm);
+    }
+    let canonical = match normalise(req.uri.path())? {
+        Cow::Borrowed(_) if origin_form => return Ok(()),
+        p => p.into_owned(),
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let uri = target.parse().map_err(|_| PathError::Unrepresentable)?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 /// The canonical form of `path` (no query), borrowed when it is already canonical.

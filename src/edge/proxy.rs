@@ -2,7 +2,6 @@
 //! decision (`admit`) is a plain synchronous function over the request header, so it can be
 //! read, tested and benchmarked without a socket; the phases only write what it decided.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,15 +9,15 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorType, Result};
 
 pub use super::ctx::RequestCtx;
 
-use crate::accounts::endpoints::{self, Endpoint, Identity, MAX_BODY_BYTES};
+use crate::accounts::endpoints::{self, Endpoint, Identity};
 use crate::authn::{self, Authenticator};
 use crate::edge::cors::{CorsPolicy, Verdict};
 use crate::edge::deadline::HeadDeadline;
-use crate::edge::framing::{self, FramingError};
+use crate::edge::framing;
 use crate::edge::headers::{self, Credential, X_REQUEST_ID};
 use crate::edge::path;
 use crate::edge::routes::{Access, RouteTable};
@@ -51,8 +50,9 @@ pub enum Decision {
     Proxy,
     /// Answer it here.
     Respond(Box<ResponseHeader>, Bytes),
-    /// An identity endpoint: the body is read, then the endpoint answers.
-    Identity(Endpoint),
+    /// An identity endpoint, with the credential presented (if any): the body is read, then
+    /// the endpoint answers.
+    Identity(Endpoint, Option<Bytes>),
 }
 
 impl Decision {
@@ -61,148 +61,104 @@ impl Decision {
         let (head, body) = p.response();
         Self::Respond(Box::new(head), body)
     }
-
-    fn bad_head(ctx: &mut RequestCtx, e: FramingError) -> Self {
-        tracing::debug!(reason = ?e, "request head refused");
-        let detail = match e {
-            FramingError::TargetTooLong
-            | FramingError::HeaderTooLong
-            | FramingError::HeadTooLarge => "The request head is too large",
-            FramingError::RepeatedLength | FramingError::UnclearTransferEncoding => {
-                "The request framing is ambiguous"
-            }
-        };
-        Self::problem(ctx, &Problem::new(Code::BadRequest).detail(detail))
-    }
 }
 
 impl Gateway {
-    /// The edge policy of CONTRACT section 4, in order. Mutates the request header (identity
-    /// headers stripped, path canonicalised) and fills `ctx`.
+    /// The edge policy of CONTRACT section 4, in pipeline order; each step is one module's.
+    /// Mutates the request header (target canonicalised, identity headers stripped) and fills
+    /// `ctx`.
     pub fn admit(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, now: u64) -> Decision {
-        // 1. The client never sets identity, on any route.
-        headers::strip_identity_headers(req);
-        ctx.request_id = Some(headers::request_id(req));
+        match self.admission(req, ctx, now) {
+            Ok(decision) => decision,
+            Err(p) => Decision::problem(ctx, &p),
+        }
+    }
+
+    fn admission(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+        now: u64,
+    ) -> Result<Decision, Problem> {
         // 0. A head an upstream could frame differently, or too large to be honest, goes no
-        //    further (see `framing`).
-        if let Err(e) = framing::check(req) {
-            return Decision::bad_head(ctx, e);
-        }
-
-        // 2. One spelling of the path for the route table and the upstream alike. Pingora keeps
-        //    the raw target for the wire, so anything but origin-form is rewritten (absolute
-        //    form) or refused (`*`, `public/x`).
-        let raw = req.raw_path();
-        let origin_form = raw.first() == Some(&b'/');
-        let absolute_form = raw
-            .get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
-            || raw
-                .get(..8)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"https://"));
-        if !origin_form && !absolute_form {
-            let p = Problem::new(Code::BadRequest).detail("The request target must be a path");
-            return Decision::problem(ctx, &p);
-        }
-        let canonical = match path::normalise(req.uri.path()) {
-            Ok(Cow::Borrowed(_)) if origin_form => None,
-            Ok(p) => Some(p.into_owned()),
-            Err(e) => {
-                tracing::debug!(reason = ?e, "path refused");
-                let p = Problem::new(Code::BadRequest).detail("The request path is not acceptable");
-                return Decision::problem(ctx, &p);
-            }
-        };
-        if let Some(canonical) = canonical {
-            let target = match req.uri.query() {
-                Some(q) => format!("{canonical}?{q}"),
-                None => canonical,
-            };
-            match target.parse() {
-                Ok(uri) => req.set_uri(uri),
-                Err(_) => return Decision::problem(ctx, &Problem::new(Code::BadRequest)),
-            }
-        }
-        let path = req.uri.path();
-
-        if path == JWKS_PATH {
-            return self.jwks(ctx);
-        }
-        // Cross-origin: preflights answered here, cross-site unsafe cookie requests refused.
-        ctx.cors_origin = self.cors.allowed_origin(req);
+        //    further (`framing`).
+        framing::check(req)?;
+        // 1. One spelling of the path for the route table and the upstream alike (`path`).
+        path::canonicalise_target(req)?;
+        // 2. The client never sets identity, on any route; the credential is read once
+        //    (`headers`).
+        ctx.request_id = Some(headers::strip_and_identify(req));
+        let req = &*req;
         let credential = headers::credential(req, &self.cookie_name);
-        let cookie_auth = matches!(credential, Credential::Token(_, headers::Source::Cookie));
+        let path = req.uri.path();
+        if path == JWKS_PATH {
+            return self.jwks();
+        }
+        // 3. The identity endpoints come before the route table: no route can shadow them.
         let endpoint = self
             .identity
             .as_ref()
             .and_then(|i| i.route(&req.method, path));
-        match self.cors.check(req, cookie_auth, endpoint.is_some()) {
+        // 4. Cross-origin: preflights answered here, cross-site unsafe cookie requests refused.
+        let cookie_auth = matches!(credential, Credential::Token(_, headers::Source::Cookie));
+        let (origin, verdict) = self.cors.admit(req, cookie_auth, endpoint.is_some());
+        ctx.cors_origin = origin;
+        match verdict {
             Verdict::Pass => {}
             Verdict::Preflight => {
                 let mut head = crate::problem::head(204, None, 0, "no-store");
                 self.cors.preflight_headers(req, &mut head);
-                return Decision::Respond(Box::new(head), Bytes::new());
+                return Ok(Decision::Respond(Box::new(head), Bytes::new()));
             }
-            Verdict::Refuse(why) => {
-                return Decision::problem(ctx, &Problem::new(Code::Forbidden).detail(why));
-            }
+            Verdict::Refuse(why) => return Err(Problem::new(Code::Forbidden).detail(why)),
         }
-        // The identity endpoints come before the route table: no route can shadow them.
         if let Some(endpoint) = endpoint {
-            return match endpoint {
-                Ok(endpoint) => Decision::Identity(endpoint),
-                Err(p) => Decision::problem(ctx, &p),
-            };
+            let token = credential.token()?.map(Bytes::copy_from_slice);
+            return Ok(Decision::Identity(endpoint?, token));
         }
 
-        // 3. Route, or 404 without ever reaching an upstream.
-        let Some(matched) = self.routes.find(path) else {
-            return Decision::problem(ctx, &Problem::new(Code::NotFound));
-        };
+        // 5. Route, or 404 without ever reaching an upstream (`routes`).
+        let matched = self
+            .routes
+            .find(path)
+            .ok_or_else(|| Problem::new(Code::NotFound))?;
         let route = matched.route;
         ctx.route = Some(matched.index);
         ctx.forward_token = route.forward_token || self.upstreams[route.upstream].forward_token;
         if route.access == Access::Public {
-            return Decision::Proxy;
+            return Ok(Decision::Proxy);
         }
 
-        // 4. The credential, 5. its verification, 6. the route's policy.
-        let token = match credential {
-            Credential::Token(t, _) => t,
-            Credential::None if route.access == Access::Optional => return Decision::Proxy,
-            Credential::None => return Decision::problem(ctx, &Problem::new(Code::MissingToken)),
-            Credential::Ambiguous => {
-                let p =
-                    Problem::new(Code::BadRequest).detail("More than one credential was presented");
-                return Decision::problem(ctx, &p);
-            }
+        // 6. The credential's verification (`authn`), 7. the route's policy.
+        let Some(token) = credential.token()? else {
+            return match route.access {
+                Access::Optional => Ok(Decision::Proxy),
+                _ => Err(Problem::new(Code::MissingToken)),
+            };
         };
-        let who = match self.auth.authenticate(token, now) {
-            Ok(who) => who,
-            Err(code) => {
-                return Decision::problem(ctx, &Problem::new(code).token_presented(true));
-            }
-        };
+        let who = self.auth.authenticate(token, now)?;
         if let Some(owner) = matched.owner_value
             && owner != who.sub()
         {
-            return Decision::problem(ctx, &Problem::new(Code::Forbidden));
+            return Err(Problem::new(Code::Forbidden));
         }
         ctx.identity = Some(who);
-        Decision::Proxy
+        Ok(Decision::Proxy)
     }
 
-    fn jwks(&self, ctx: &mut RequestCtx) -> Decision {
-        let Some(doc) = self.auth.keys.jwks() else {
-            return Decision::problem(ctx, &Problem::new(Code::NotFound));
-        };
+    fn jwks(&self) -> Result<Decision, Problem> {
+        let doc = self
+            .auth
+            .keys
+            .jwks()
+            .ok_or_else(|| Problem::new(Code::NotFound))?;
         let head = crate::problem::head(
             200,
             Some("application/jwk-set+json"),
             doc.len(),
             "public, max-age=300",
         );
-        Decision::Respond(Box::new(head), doc.clone())
+        Ok(Decision::Respond(Box::new(head), doc.clone()))
     }
 
     /// What reaches the upstream: identity injected, credential removed, request id set.
@@ -217,120 +173,49 @@ impl Gateway {
             let _ = req.insert_header(X_REQUEST_ID.clone(), id.clone());
         }
     }
-}
 
-impl Gateway {
-    /// Reads the (bounded) body and runs an identity endpoint.
+    /// Runs an identity endpoint: the accounts wing reads the request and answers.
     async fn serve_identity(
         &self,
         session: &mut Session,
         endpoint: Endpoint,
+        token: Option<&[u8]>,
     ) -> std::result::Result<endpoints::Reply, Problem> {
         let identity = self
             .identity
             .as_ref()
             .ok_or_else(|| Problem::new(Code::NotFound))?;
-        let body = read_body(session, MAX_BODY_BYTES).await?;
-        let req = session.req_header();
-        let token = match headers::credential(req, &self.cookie_name) {
-            Credential::Token(t, _) => Some(t),
-            Credential::None => None,
-            Credential::Ambiguous => {
-                return Err(
-                    Problem::new(Code::BadRequest).detail("More than one credential was presented")
-                );
-            }
-        };
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map_or(
-            std::net::IpAddr::from([0, 0, 0, 0]),
-            std::net::SocketAddr::ip,
-        );
-        let forwarded = req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let request = endpoints::Request {
-            endpoint,
-            content_type: req
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .map(http::HeaderValue::as_bytes),
-            body,
-            query: req.uri.query(),
-            token,
-            client_ip: identity.trusted_proxies.client_key(peer, forwarded),
-        };
-        identity.handle(request).await
+        crate::accounts::request::serve(identity, session, endpoint, token).await
     }
 }
 
-/// Reads a request body of at most `limit` bytes: 413 beyond it, 400 when the client breaks off.
-async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<Bytes, Problem> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(Problem::new(Code::PayloadTooLarge));
-    }
-    let mut body = bytes::BytesMut::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > limit {
-                    return Err(Problem::new(Code::PayloadTooLarge));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body.freeze()),
-            Err(_) => {
-                return Err(
-                    Problem::new(Code::BadRequest).detail("The request body could not be read")
-                );
-            }
-        }
+/// Marks every response the client gets (made here or by the upstream) with the request id
+/// and, for an allowed frontend, the CORS headers. A request refused before its request id
+/// was read gets it here.
+fn decorate(resp: &mut ResponseHeader, req: &RequestHeader, ctx: &mut RequestCtx) {
+    let id = ctx
+        .request_id
+        .get_or_insert_with(|| headers::request_id(req));
+    let _ = resp.insert_header(X_REQUEST_ID.clone(), id.clone());
+    if let Some(origin) = &ctx.cors_origin {
+        crate::edge::cors::decorate(resp, origin.clone());
     }
 }
 
-/// Writes a gateway-made response, with the request id.
+/// Writes a gateway-made response.
 async fn respond(
     session: &mut Session,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     mut head: Box<ResponseHeader>,
     body: Bytes,
 ) -> Result<()> {
-    if let Some(id) = &ctx.request_id {
-        let _ = head.insert_header(X_REQUEST_ID.clone(), id.clone());
-    }
-    if let Some(origin) = &ctx.cors_origin {
-        crate::edge::cors::decorate(&mut head, origin.clone());
-    }
+    decorate(&mut head, session.req_header(), ctx);
     // A request body we never read would be taken for the next request: close instead.
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }
     session.write_response_header(head, false).await?;
     session.write_response_body(Some(body), true).await
-}
-
-/// The problem code for a proxying failure; `None` when the client is already gone.
-fn failure_code(e: &Error) -> Option<Code> {
-    use ErrorType::{
-        ConnectTimedout, ConnectionClosed, HTTPStatus, ReadError, ReadTimedout, WriteError,
-        WriteTimedout,
-    };
-    match (e.esource(), e.etype()) {
-        (_, HTTPStatus(504))
-        | (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
-            Some(Code::GatewayTimeout)
-        }
-        (_, HTTPStatus(502)) | (ErrorSource::Upstream, _) => Some(Code::BadGateway),
-        (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed | ReadTimedout) => None,
-        (ErrorSource::Downstream, _) => Some(Code::BadRequest),
-        _ => Some(Code::Internal),
-    }
 }
 
 #[async_trait]
@@ -349,7 +234,7 @@ impl ProxyHttp for Gateway {
         // timeouts. An identity body, read here, must arrive within the same deadline.
         let deadline = HeadDeadline::of(session.as_downstream().stream());
         if let Some(d) = deadline
-            && !matches!(decision, Decision::Identity(_))
+            && !matches!(decision, Decision::Identity(..))
         {
             d.disarm();
         }
@@ -359,8 +244,10 @@ impl ProxyHttp for Gateway {
                 respond(session, ctx, head, body).await?;
                 Ok(true)
             }
-            Decision::Identity(endpoint) => {
-                let answer = self.serve_identity(session, endpoint).await;
+            Decision::Identity(endpoint, token) => {
+                let answer = self
+                    .serve_identity(session, endpoint, token.as_deref())
+                    .await;
                 if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
                     d.disarm();
                 }
@@ -444,16 +331,11 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(id) = &ctx.request_id {
-            let _ = response.insert_header(X_REQUEST_ID.clone(), id.clone());
-        }
-        if let Some(origin) = &ctx.cors_origin {
-            crate::edge::cors::decorate(response, origin.clone());
-        }
+        decorate(response, session.req_header(), ctx);
         Ok(())
     }
 
@@ -463,14 +345,14 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let Some(code) = failure_code(e) else {
+        let Some(problem) = Problem::of_proxy_error(e) else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
             };
         };
-        ctx.rejection = Some(code);
-        let (head, body) = Problem::new(code).response();
+        ctx.rejection = Some(problem.code);
+        let (head, body) = problem.response();
         let status = head.status.as_u16();
         if let Err(write) = respond(session, ctx, Box::new(head), body).await {
             tracing::debug!(error = %write, "could not send the error response");

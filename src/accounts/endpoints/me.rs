@@ -1,6 +1,6 @@
 //! `GET /me` → 200 `{"id","email","created_at","updated_at"}` for the token's user.
 
-use super::{Identity, Reply, Request, UserBody, authenticated_user, json, store_problem};
+use super::{Identity, Reply, Request, UserBody, authenticated_user, json};
 use crate::problem::{Code, Problem};
 
 pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
@@ -8,8 +8,7 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
     let user = id
         .store
         .user_by_id(user_id)
-        .await
-        .map_err(|e| store_problem(&e))?
+        .await?
         // A valid token for a user who no longer exists.
         .ok_or_else(|| Problem::new(Code::InvalidToken).token_presented(true))?;
     Ok(Reply {

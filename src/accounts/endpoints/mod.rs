@@ -15,16 +15,13 @@ use pingora::http::ResponseHeader;
 use serde::Serialize;
 
 use crate::accounts::body;
-use crate::accounts::password::{PasswordPool, PoolError};
+use crate::accounts::password::PasswordPool;
 use crate::accounts::ratelimit::{Limiter, TrustedProxies};
-use crate::accounts::store::{SharedStore, StoreError, StoreHealth, User};
+use crate::accounts::store::{SharedStore, StoreHealth, User};
 use crate::authn::Authenticator;
 use crate::authn::issue::{Minted, TokenIssuer};
 use crate::config;
 use crate::problem::{Code, Problem};
-
-/// Largest request body an identity endpoint reads.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Everything the endpoints need, built once at start.
 #[derive(Debug)]
@@ -199,35 +196,6 @@ fn session_reply(
     })
 }
 
-/// Store failures as clients see them; the cause goes to the log only.
-fn store_problem(e: &StoreError) -> Problem {
-    match e {
-        StoreError::EmailTaken => Problem::new(Code::EmailTaken),
-        StoreError::Unavailable(cause) => {
-            tracing::warn!(cause = %cause, "identity store unavailable");
-            Problem::new(Code::ServiceUnavailable).retry_after(1)
-        }
-        StoreError::Other(cause) => {
-            tracing::error!(cause = %cause, "identity store error");
-            Problem::new(Code::Internal)
-        }
-    }
-}
-
-fn pool_problem(e: PoolError) -> Problem {
-    match e {
-        PoolError::Saturated => Problem::new(Code::ServiceUnavailable).retry_after(1),
-        PoolError::Failed => {
-            tracing::error!("bcrypt failed");
-            Problem::new(Code::Internal)
-        }
-    }
-}
-
-fn rate_limited(retry_after: u64) -> Problem {
-    Problem::new(Code::RateLimited).retry_after(retry_after)
-}
-
 /// The reply as a Pingora response.
 pub fn response(reply: &Reply) -> (ResponseHeader, Bytes) {
     let body = reply.body.clone().unwrap_or_default();
@@ -249,13 +217,11 @@ fn credentials_request(
     id: &Identity,
     req: &Request<'_>,
 ) -> Result<(body::EmailPassword, String), Problem> {
-    id.per_ip.hit(&req.client_ip).map_err(rate_limited)?;
+    id.per_ip.hit(&req.client_ip)?;
     body::require_json(req.content_type)?;
     let input = body::email_password(&req.body)?;
     let email_key = input.email.to_ascii_lowercase();
-    id.failed_per_email
-        .check(&email_key)
-        .map_err(rate_limited)?;
+    id.failed_per_email.check(&email_key)?;
     Ok((input, email_key))
 }
 
@@ -265,10 +231,7 @@ fn authenticated_user(
     req: &Request<'_>,
 ) -> Result<(crate::authn::Verified, uuid::Uuid), Problem> {
     let token = req.token.ok_or_else(|| Problem::new(Code::MissingToken))?;
-    let who = id
-        .auth
-        .authenticate(token, now())
-        .map_err(|code| Problem::new(code).token_presented(true))?;
+    let who = id.auth.authenticate(token, now())?;
     // An external issuer's token (`[[issuer]]`): its user has no account here, so there is
     // nothing of ours to sign out of or to show; signing out is the issuer's business.
     let not_ours = || Problem::new(Code::Forbidden).detail("This token was not issued here");

@@ -2,7 +2,7 @@
 //! within a second) and the cookie cleared. `?scope=all` revokes every token of the user
 //! issued up to now.
 
-use super::{Identity, Reply, Request, authenticated_user, now, store_problem};
+use super::{Identity, Reply, Request, authenticated_user, now};
 use crate::accounts::store::Revocation;
 use crate::problem::{Code, Problem};
 
@@ -38,10 +38,7 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
                 .saturating_add(leeway),
         }
     };
-    id.store
-        .revoke(user, &revocation)
-        .await
-        .map_err(|e| store_problem(&e))?;
+    id.store.revoke(user, &revocation).await?;
     id.auth.revocations.apply(std::slice::from_ref(&revocation));
     Ok(Reply {
         status: 204,

@@ -6,8 +6,9 @@
 pub mod postgres;
 pub mod sqlite;
 
-/// The platform's trust anchors (also used for JWKS fetches over https).
-pub(crate) use postgres::tls::platform_roots;
+pub mod upkeep;
+
+pub use crate::authn::revocation::Revocation;
 
 use std::sync::Arc;
 
@@ -30,28 +31,6 @@ pub struct User {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
-}
-
-/// One revocation, as replicated to every gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revocation {
-    /// One token, by its `jti`, until `expires_at` (unix seconds: the token's own `exp`).
-    Token { jti: String, expires_at: i64 },
-    /// Every token of `user_id` issued before `issued_before` (unix seconds); the row matters
-    /// until `expires_at`, after which every such token has expired anyway.
-    AllOfUser {
-        user_id: Uuid,
-        issued_before: i64,
-        expires_at: i64,
-    },
-}
-
-impl Revocation {
-    pub fn expires_at(&self) -> i64 {
-        match self {
-            Self::Token { expires_at, .. } | Self::AllOfUser { expires_at, .. } => *expires_at,
-        }
-    }
 }
 
 /// Revocations recorded after a cursor, and the cursor to ask from next time.

@@ -161,7 +161,7 @@ fn load_roots(root: &RootCert) -> Result<RootCertStore, String> {
             }
             certs
         }
-        RootCert::System => platform_roots()?,
+        RootCert::System => crate::tls::platform_roots()?,
     };
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(certs);
@@ -169,98 +169,6 @@ fn load_roots(root: &RootCert) -> Result<RootCertStore, String> {
         return Err("sslrootcert: no usable certificate".to_owned());
     }
     Ok(roots)
-}
-
-/// The platform's trust anchors, through rustls-native-certs (which honours `SSL_CERT_FILE`
-/// and `SSL_CERT_DIR`), minus the certificates that declare themselves not to be a CA
-/// (basicConstraints `cA` false): a certificate directory such as Debian's `/etc/ssl/certs`
-/// also holds locally installed self-signed server certificates (the "snakeoil" one, hashed
-/// there by `c_rehash`), and those must not become trust anchors for every host. To trust such
-/// a certificate for the database, name it in `sslrootcert`.
-pub(crate) fn platform_roots() -> Result<Vec<CertificateDer<'static>>, String> {
-    let result = rustls_native_certs::load_native_certs();
-    let certs: Vec<_> = result
-        .certs
-        .into_iter()
-        .filter(|cert| !declares_not_ca(cert.as_ref()))
-        .collect();
-    if certs.is_empty() {
-        let why = result
-            .errors
-            .first()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
-        return Err(format!("no platform root certificates found{why}"));
-    }
-    Ok(certs)
-}
-
-/// Whether a DER certificate carries basicConstraints with `cA` false (absent or FALSE).
-/// Anything this reader does not understand counts as "no", leaving the decision to webpki.
-fn declares_not_ca(der: &[u8]) -> bool {
-    const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13]; // 2.5.29.19
-    let Some((0x30, certificate, _)) = der_tlv(der) else {
-        return false;
-    };
-    let Some((0x30, mut tbs, _)) = der_tlv(certificate) else {
-        return false;
-    };
-    // tbsCertificate: ... [3] EXPLICIT Extensions
-    let extensions = loop {
-        match der_tlv(tbs) {
-            Some((0xa3, content, _)) => break content,
-            Some((_, _, rest)) => tbs = rest,
-            None => return false,
-        }
-    };
-    let Some((0x30, mut list, _)) = der_tlv(extensions) else {
-        return false;
-    };
-    while let Some((0x30, extension, rest)) = der_tlv(list) {
-        list = rest;
-        let Some((0x06, oid, mut fields)) = der_tlv(extension) else {
-            return false;
-        };
-        if oid != BASIC_CONSTRAINTS {
-            continue;
-        }
-        if let Some((0x01, _critical, rest)) = der_tlv(fields) {
-            fields = rest;
-        }
-        let Some((0x04, value, _)) = der_tlv(fields) else {
-            return false;
-        };
-        let Some((0x30, constraints, _)) = der_tlv(value) else {
-            return false;
-        };
-        return match der_tlv(constraints) {
-            Some((0x01, ca, _)) => ca.iter().all(|b| *b == 0),
-            _ => true, // cA DEFAULT FALSE
-        };
-    }
-    false
-}
-
-/// One DER TLV: (tag, content, rest). Definite lengths up to four bytes.
-fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, input) = input.split_first()?;
-    let (&first, mut input) = input.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || input.len() < count {
-            return None;
-        }
-        let (bytes, rest) = input.split_at(count);
-        input = rest;
-        bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
-    };
-    if input.len() < len {
-        return None;
-    }
-    let (content, rest) = input.split_at(len);
-    Some((tag, content, rest))
 }
 
 /// `prefer` / `require` without a root: encrypt, check the handshake signature against the
@@ -388,19 +296,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn leaf_certificates_are_not_platform_roots() {
-        // Debian's snakeoil certificate: self-signed, CA:FALSE.
-        if let Ok(certs) = CertificateDer::pem_file_iter("/etc/ssl/certs/ssl-cert-snakeoil.pem")
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        {
-            assert!(certs.iter().all(|c| declares_not_ca(c.as_ref())));
-        }
-        let roots = platform_roots().unwrap();
-        assert!(roots.len() > 10, "{}", roots.len());
-        assert!(!declares_not_ca(b"garbage"));
-        assert!(!declares_not_ca(&[]));
     }
 }

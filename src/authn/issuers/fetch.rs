@@ -134,7 +134,7 @@ impl Client {
             return Ok(Self { tls: None });
         }
         let mut roots = rustls::RootCertStore::empty();
-        let certs = crate::accounts::store::platform_roots()?;
+        let certs = crate::tls::platform_roots()?;
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
             return Err("no usable platform root certificate".into());
