@@ -127,7 +127,7 @@ auth = "public"
     .unwrap();
     let (upstreams, _checks) = portcullis::edge::upstream::build(&conf.upstreams).unwrap();
     let gateway = Gateway {
-        metrics: portcullis::ops::metrics::TableMetrics::new(&conf.routes),
+        metrics: portcullis::edge::route_metrics::TableMetrics::new(&conf.routes),
         routes: conf.routes,
         upstreams,
         auth: std::sync::Arc::new(portcullis::authn::Authenticator {

@@ -84,7 +84,7 @@ pub fn build(mut config: Config) -> Result<Server, String> {
     let in_flight = Arc::new(drain::InFlight::default());
     let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
     let gateway = proxy::Gateway {
-        metrics: metrics::TableMetrics::new(&config.routes),
+        metrics: crate::edge::route_metrics::TableMetrics::new(&config.routes),
         routes: std::mem::take(&mut config.routes),
         upstreams,
         auth,
@@ -173,7 +173,7 @@ fn identity_endpoints(
         cookie: config.cookie.clone(),
         per_ip: ratelimit::Limiter::new(limits.per_ip_per_minute),
         failed_per_email: ratelimit::Limiter::new(limits.failed_signins_per_email_per_minute),
-        trusted_proxies: ratelimit::TrustedProxies::parse(&limits.trusted_proxies),
+        trusted_proxies: ratelimit::TrustedProxies::new(&limits.trusted_proxies),
     })
 }
 

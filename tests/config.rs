@@ -383,6 +383,31 @@ fn bad_listen_address_is_rejected() {
 }
 
 #[test]
+fn trusted_proxies_must_be_networks_or_addresses() {
+    for good in ["10.0.0.0/8", "192.0.2.1", "fd00::/8", "::1", "10.1.2.3/32"] {
+        let c = check(&format!(
+            "{VALID}\n[rate_limit]\ntrusted_proxies = [\"{good}\"]\n"
+        ));
+        assert_eq!(c.code, Some(0), "{good}: {}", c.stderr);
+    }
+    for bad in [
+        "10.0.0.0/33",
+        "::/129",
+        "banana",
+        "10.0.0.0/",
+        "10.0.0/8",
+        "/8",
+    ] {
+        assert_one_problem(
+            &check(&format!(
+                "{VALID}\n[rate_limit]\ntrusted_proxies = [\"{bad}\"]\n"
+            )),
+            &["trusted_proxies"],
+        );
+    }
+}
+
+#[test]
 fn bad_admin_listen_address_is_rejected() {
     assert_one_problem(
         &check(&valid_with("127.0.0.1:19090", "nowhere")),

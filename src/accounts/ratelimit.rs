@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
+
 const SHARDS: usize = 16;
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -115,31 +117,16 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
 /// Trusted proxy networks whose `X-Forwarded-For` names the client.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
-    /// From validated CIDR strings (see config).
-    pub fn parse(cidrs: &[String]) -> Self {
-        Self(
-            cidrs
-                .iter()
-                .filter_map(|c| {
-                    let (ip, len) = c.split_once('/').unwrap_or((c, ""));
-                    let ip: IpAddr = ip.parse().ok()?;
-                    let max = if ip.is_ipv4() { 32 } else { 128 };
-                    let len = if len.is_empty() {
-                        max
-                    } else {
-                        len.parse().ok()?
-                    };
-                    Some((ip, len))
-                })
-                .collect(),
-        )
+    /// From the validated networks of the config.
+    pub fn new(nets: &[IpNet]) -> Self {
+        Self(nets.to_vec())
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|&(net, len)| in_net(ip, net, len))
+        self.0.iter().any(|net| net.contains(&ip))
     }
 
     /// The rate-limit key of a client: its IP, or for IPv6 its /64.
@@ -170,20 +157,6 @@ impl TrustedProxies {
             }
         }
         peer
-    }
-}
-
-fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(b) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(b) & mask
-        }
-        _ => false,
     }
 }
 
@@ -236,7 +209,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_counts_only_behind_a_trusted_proxy() {
-        let t = TrustedProxies::parse(&["10.0.0.0/8".into()]);
+        let t = TrustedProxies::new(&["10.0.0.0/8".parse().unwrap()]);
         let proxy: IpAddr = "10.1.2.3".parse().unwrap();
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
         let client: IpAddr = "198.51.100.7".parse().unwrap();

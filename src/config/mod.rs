@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::authn::{Alg, KeySet, VerifyKey};
 use crate::edge::routes::{Access, Route, RouteTable};
 
@@ -31,7 +33,7 @@ pub struct Config {
     /// Shared with the edge, the endpoints and the admin listener.
     pub keys: std::sync::Arc<KeySet>,
     pub cookie: Cookie,
-    pub rate_limit: file::RateLimit,
+    pub rate_limit: RateLimit,
     pub bcrypt_cost: u32,
     pub identity_prefix: String,
     pub cors: crate::edge::cors::CorsPolicy,
@@ -96,6 +98,14 @@ impl fmt::Debug for Tokens {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
+}
+
+/// The identity endpoints' rate limits, and the proxies whose `X-Forwarded-For` counts.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub per_ip_per_minute: u32,
+    pub failed_signins_per_email_per_minute: u32,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,7 +191,7 @@ pub fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
 /// Validates config text.
 pub fn parse(text: &str, env: &dyn Env) -> Result<Config, Vec<String>> {
     let raw: file::FileConfig = toml::from_str(text).map_err(|e| vec![toml_error(&e)])?;
-    validate(raw, env)
+    validate(&raw, env)
 }
 
 fn toml_error(e: &toml::de::Error) -> String {
@@ -220,7 +230,7 @@ fn one_line(p: String) -> String {
     line
 }
 
-fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>> {
+fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>> {
     let mut p = Problems::default();
 
     let listen = addr(&mut p, "server.listen", &raw.server.listen);
@@ -254,7 +264,7 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
         None => (None, None),
     };
     let cookie = cookie(&mut p, &raw.cookie);
-    rate_limit(&mut p, &raw.rate_limit);
+    let rate_limit = rate_limit(&mut p, &raw.rate_limit);
     if raw.password.bcrypt_cost < MIN_BCRYPT_COST || raw.password.bcrypt_cost > 31 {
         p.add(format!(
             "password.bcrypt_cost must be between {MIN_BCRYPT_COST} and 31, got {}",
@@ -296,7 +306,7 @@ fn validate(raw: file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>>
                 tokens,
                 keys: std::sync::Arc::new(keys),
                 cookie,
-                rate_limit: raw.rate_limit,
+                rate_limit,
                 bcrypt_cost: raw.password.bcrypt_cost,
                 identity_prefix: prefix,
                 cors,
@@ -579,28 +589,34 @@ fn cookie(p: &mut Problems, raw: &file::Cookie) -> Option<Cookie> {
     })
 }
 
-fn rate_limit(p: &mut Problems, raw: &file::RateLimit) {
+fn rate_limit(p: &mut Problems, raw: &file::RateLimit) -> RateLimit {
     if raw.per_ip_per_minute == 0 {
         p.add("rate_limit.per_ip_per_minute must be at least 1");
     }
     if raw.failed_signins_per_email_per_minute == 0 {
         p.add("rate_limit.failed_signins_per_email_per_minute must be at least 1");
     }
-    for cidr in &raw.trusted_proxies {
-        if !is_cidr(cidr) {
-            p.add(format!(
-                "rate_limit.trusted_proxies: `{cidr}` is not a CIDR (e.g. 10.0.0.0/8)"
-            ));
-        }
-    }
-}
-
-fn is_cidr(s: &str) -> bool {
-    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
-    match ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(_)) => len.is_empty() || len.parse::<u8>().is_ok_and(|l| l <= 32),
-        Ok(std::net::IpAddr::V6(_)) => len.is_empty() || len.parse::<u8>().is_ok_and(|l| l <= 128),
-        Err(_) => false,
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .filter_map(|cidr| {
+            // A bare address is a network of one.
+            let net = cidr
+                .parse::<IpNet>()
+                .ok()
+                .or_else(|| cidr.parse::<std::net::IpAddr>().ok().map(IpNet::from));
+            if net.is_none() {
+                p.add(format!(
+                    "rate_limit.trusted_proxies: `{cidr}` is not a CIDR (e.g. 10.0.0.0/8)"
+                ));
+            }
+            net
+        })
+        .collect();
+    RateLimit {
+        per_ip_per_minute: raw.per_ip_per_minute,
+        failed_signins_per_email_per_minute: raw.failed_signins_per_email_per_minute,
+        trusted_proxies,
     }
 }
 

@@ -1,7 +1,8 @@
-//! The edge: the Pingora phases (`proxy`) and everything only they use, in the order a request
-//! meets them: the request-head deadline (`deadline`), the framing guard (`framing`), the
-//! header policy (`headers`: strip, request id, inject), one canonical path (`path`), CORS
-//! (`cors`), the route table (`routes`), the load-balanced upstreams (`upstream`), and the
+//! The edge: the Pingora phases (`proxy`, with the per-request state in `ctx`) and everything
+//! only they use, in the order a request meets them: the request-head deadline (`deadline`),
+//! the framing guard (`framing`), one canonical path (`path`), the header policy (`headers`:
+//! strip, request id, credential, inject), CORS (`cors`), the route table (`routes`) and its
+//! metric handles (`route_metrics`), the load-balanced upstreams (`upstream`), and the
 //! in-flight count graceful shutdown waits for (`drain`).
 
 pub mod cors;
@@ -12,5 +13,6 @@ pub mod framing;
 pub mod headers;
 pub mod path;
 pub mod proxy;
+pub mod route_metrics;
 pub mod routes;
 pub mod upstream;

@@ -39,8 +39,8 @@ pub struct Gateway {
     pub identity: Option<Arc<Identity>>,
     /// Requests in flight, for graceful shutdown.
     pub in_flight: Arc<crate::edge::drain::InFlight>,
-    /// Metric handles per route, resolved at start (see [`crate::ops::metrics::TableMetrics`]).
-    pub metrics: crate::ops::metrics::TableMetrics,
+    /// Metric handles per route, resolved at start (see [`crate::edge::route_metrics::TableMetrics`]).
+    pub metrics: crate::edge::route_metrics::TableMetrics,
 }
 
 /// What the gateway does with a request after looking at its header.
