@@ -126,17 +126,18 @@ auth = "public"
     )
     .unwrap();
     let (upstreams, _checks) = portcullis::edge::upstream::build(&conf.upstreams).unwrap();
+    let parts = portcullis::assemble(&conf).unwrap();
     let gateway = Gateway {
-        metrics: portcullis::edge::route_metrics::TableMetrics::new(&conf.routes),
-        routes: conf.routes,
+        metrics: portcullis::edge::route_metrics::TableMetrics::new(&parts.routes),
+        routes: parts.routes,
         upstreams,
         auth: std::sync::Arc::new(portcullis::authn::Authenticator {
-            keys: conf.keys,
+            keys: parts.keys,
             revocations: std::sync::Arc::default(),
             issuers: std::sync::Arc::default(),
         }),
         cookie_name: conf.cookie.name,
-        cors: conf.cors,
+        cors: parts.cors,
         identity: None,
         in_flight: std::sync::Arc::default(),
     };

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::authn::issue::TokenIssuer;
-use crate::authn::{Alg, KeySet, VerifyKey};
+use crate::authn::{Alg, KeySet};
 use crate::config::{self, Config, Env};
 use crate::problem::Problem;
 
 pub use crate::accounts::body::{EmailPassword, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
 pub use crate::authn::verify::{TokenError, Verified, verify};
 pub use crate::edge::headers::{is_identity_header, strip_identity_headers};
-pub use crate::edge::path::{PathError, normalise};
+pub use crate::path::{PathError, normalise};
 
 /// The identity endpoints' body parser (`POST /register`, `POST /signin`).
 pub fn parse_credentials(body: &[u8]) -> Result<EmailPassword, Problem> {
@@ -38,7 +38,9 @@ impl Env for MapEnv {
 
 /// Validates config text exactly as `check-config` does after reading the file.
 pub fn parse_config(text: &str, env: &MapEnv) -> Result<Config, Vec<String>> {
-    config::parse(text, env)
+    let config = config::parse(text, env)?;
+    crate::assemble(&config)?;
+    Ok(config)
 }
 
 /// Issuer and audience of every fixture key set.
@@ -56,27 +58,37 @@ pub fn signer_and_keys(
     previous: &[(&str, &[u8])],
     ttl: Duration,
 ) -> Result<(TokenIssuer, KeySet), String> {
+    use config::{KeyForm, KeyMaterial};
     let kid = kid.map(str::to_owned);
-    let mut keys = vec![if alg.is_symmetric() {
-        VerifyKey::hmac(kid.clone(), material)
-    } else {
-        VerifyKey::from_private_pem(kid.clone(), alg, material)?
+    let mut verify_keys = vec![KeyMaterial {
+        kid: kid.clone(),
+        form: if alg.is_symmetric() {
+            KeyForm::Secret
+        } else {
+            KeyForm::PrivatePem
+        },
+        bytes: material.to_vec(),
+        source: "signing key".to_owned(),
     }];
     for (prev_kid, pem) in previous {
-        keys.push(VerifyKey::from_public_pem(
-            Some((*prev_kid).to_owned()),
-            alg,
-            pem,
-        )?);
+        verify_keys.push(KeyMaterial {
+            kid: Some((*prev_kid).to_owned()),
+            form: KeyForm::PublicPem,
+            bytes: pem.to_vec(),
+            source: format!("previous key {prev_kid}"),
+        });
     }
-    let issuer = TokenIssuer::new(&config::Tokens {
+    let tokens = config::Tokens {
         alg,
         kid,
         ttl,
         issuer: ISSUER.to_owned(),
         audience: AUDIENCE.to_owned(),
+        leeway_secs: LEEWAY_SECS,
         signing_material: material.to_vec(),
-    })?;
-    let set = KeySet::new(keys, ISSUER.to_owned(), AUDIENCE.to_owned(), LEEWAY_SECS);
+        verify_keys,
+    };
+    let issuer = TokenIssuer::new(&tokens)?;
+    let set = KeySet::from_config(&tokens).map_err(|p| p.join("; "))?;
     Ok((issuer, set))
 }

@@ -15,6 +15,7 @@ pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ops;
+pub mod path;
 pub mod problem;
 pub mod tls;
 
@@ -33,7 +34,52 @@ use crate::ops::{admin, metrics};
 
 /// Builds the Pingora server for a validated config: the edge proxy, the admin listener and the
 /// background services. Binding happens when it runs.
-pub fn build(mut config: Config) -> Result<Server, String> {
+pub fn build(config: &Config) -> Result<Server, Vec<String>> {
+    let parts = assemble(config)?;
+    build_server(config, parts).map_err(|e| vec![e])
+}
+
+/// What the wings build from the validated config before anything runs: every runtime object
+/// whose making can still refuse the config (key material that does not parse for its
+/// algorithm, a signing key jsonwebtoken refuses, ...). `check-config` runs it too, so it
+/// reports what `serve` would refuse.
+#[derive(Debug)]
+pub struct Assembled {
+    /// Shared by the edge, the endpoints and the admin listener.
+    pub keys: Arc<authn::KeySet>,
+    pub issuer: authn::issue::TokenIssuer,
+    pub routes: edge::routes::RouteTable,
+    pub cors: edge::cors::CorsPolicy,
+}
+
+/// Builds the [`Assembled`] parts, or every problem found, one line each.
+pub fn assemble(config: &Config) -> Result<Assembled, Vec<String>> {
+    let mut problems = Vec::new();
+    let keys = authn::KeySet::from_config(&config.tokens)
+        .map_err(|p| problems.extend(p))
+        .ok();
+    // The signing key is checked with the verification keys above; its second refusal (by
+    // jsonwebtoken, for the same bytes) would only repeat the line.
+    let issuer = keys.as_ref().and_then(|_| {
+        authn::issue::TokenIssuer::new(&config.tokens)
+            .map_err(|p| problems.push(p))
+            .ok()
+    });
+    let routes = edge::routes::RouteTable::new(&config.routes)
+        .map_err(|p| problems.push(p))
+        .ok();
+    match (keys, issuer, routes) {
+        (Some(keys), Some(issuer), Some(routes)) if problems.is_empty() => Ok(Assembled {
+            keys: Arc::new(keys),
+            issuer,
+            routes,
+            cors: edge::cors::CorsPolicy::new(&config.cors),
+        }),
+        _ => Err(problems.into_iter().map(config::one_line).collect()),
+    }
+}
+
+fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
     check_bindable(&[
         ("server.listen", config.listen),
         ("server.admin_listen", config.admin_listen),
@@ -49,7 +95,12 @@ pub fn build(mut config: Config) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let keys = Arc::clone(&config.keys);
+    let Assembled {
+        keys,
+        issuer,
+        routes,
+        cors,
+    } = parts;
     let revocations = Arc::new(revocation::Revocations::default());
     let issuers = Arc::new(issuers::Issuers::new(&config.issuers, keys.leeway_secs));
     let auth = Arc::new(authn::Authenticator {
@@ -59,37 +110,24 @@ pub fn build(mut config: Config) -> Result<Server, String> {
     });
 
     let (opened, health) = start_store(&config.store)?;
-    let upkeep = pingora::services::background::background_service(
-        "store upkeep",
-        store::upkeep::StoreUpkeep {
-            store: Arc::clone(&opened.store),
-            migrator: config
-                .store
-                .auto_migrate
-                .then(|| Arc::clone(&opened.migrator)),
-            health: Arc::clone(&health),
-        },
-    );
-    let sync = pingora::services::background::background_service(
-        "revocation sync",
-        sync::RevocationSync {
-            store: Arc::clone(&opened.store),
-            listener: opened.listener.clone(),
-            revocations,
-            health: Arc::clone(&health),
-        },
-    );
-    let identity = Arc::new(identity_endpoints(&config, opened.store, &health, &auth)?);
+    store_services(&mut server, config, &opened, &health, revocations);
+    let identity = Arc::new(identity_endpoints(
+        config,
+        opened.store,
+        &health,
+        &auth,
+        issuer,
+    ));
 
     let in_flight = Arc::new(drain::InFlight::default());
     let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
     let gateway = proxy::Gateway {
-        metrics: crate::edge::route_metrics::TableMetrics::new(&config.routes),
-        routes: std::mem::take(&mut config.routes),
+        metrics: crate::edge::route_metrics::TableMetrics::new(&routes),
+        routes,
         upstreams,
         auth,
         cookie_name: config.cookie.name.clone(),
-        cors: config.cors.clone(),
+        cors,
         identity: Some(identity),
         in_flight: Arc::clone(&in_flight),
     };
@@ -102,7 +140,7 @@ pub fn build(mut config: Config) -> Result<Server, String> {
             config.request_head_timeout,
         ),
     );
-    add_edge_listener(&mut edge, &config)?;
+    add_edge_listener(&mut edge, config)?;
 
     let mut admin = Service::new(
         "admin".to_owned(),
@@ -116,8 +154,6 @@ pub fn build(mut config: Config) -> Result<Server, String> {
 
     server.add_service(edge);
     server.add_service(admin);
-    server.add_service(upkeep);
-    server.add_service(sync);
     server.add_service(pingora::services::background::background_service(
         "drain",
         drain::Drain { in_flight },
@@ -132,6 +168,37 @@ pub fn build(mut config: Config) -> Result<Server, String> {
         server.add_service(check);
     }
     Ok(server)
+}
+
+/// The store's background services: its upkeep, and the revocation sync from its log.
+fn store_services(
+    server: &mut Server,
+    config: &Config,
+    opened: &store::Opened,
+    health: &Arc<store::StoreHealth>,
+    revocations: Arc<revocation::Revocations>,
+) {
+    use pingora::services::background::background_service;
+    server.add_service(background_service(
+        "store upkeep",
+        store::upkeep::StoreUpkeep {
+            store: Arc::clone(&opened.store),
+            migrator: config
+                .store
+                .auto_migrate
+                .then(|| Arc::clone(&opened.migrator)),
+            health: Arc::clone(health),
+        },
+    ));
+    server.add_service(background_service(
+        "revocation sync",
+        sync::RevocationSync {
+            store: Arc::clone(&opened.store),
+            listener: opened.listener.clone(),
+            revocations,
+            health: Arc::clone(health),
+        },
+    ));
 }
 
 /// Opens the store without connecting and migrates it now when it answers; otherwise the sync
@@ -161,20 +228,21 @@ fn identity_endpoints(
     store: store::SharedStore,
     health: &Arc<store::StoreHealth>,
     auth: &Arc<authn::Authenticator>,
-) -> Result<endpoints::Identity, String> {
+    issuer: authn::issue::TokenIssuer,
+) -> endpoints::Identity {
     let limits = &config.rate_limit;
-    Ok(endpoints::Identity {
+    endpoints::Identity {
         prefix: config.identity_prefix.clone(),
         store,
         health: Arc::clone(health),
         passwords: password::PasswordPool::for_machine(config.bcrypt_cost),
-        issuer: authn::issue::TokenIssuer::new(&config.tokens)?,
+        issuer,
         auth: Arc::clone(auth),
         cookie: config.cookie.clone(),
         per_ip: ratelimit::Limiter::new(limits.per_ip_per_minute),
         failed_per_email: ratelimit::Limiter::new(limits.failed_signins_per_email_per_minute),
         trusted_proxies: ratelimit::TrustedProxies::new(&limits.trusted_proxies),
-    })
+    }
 }
 
 /// The public listener: plain TCP, or TLS (rustls) offering HTTP/2 by ALPN.

@@ -46,8 +46,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match config::load(&config, &ProcessEnv) {
-            Ok(_) => {
+        Command::CheckConfig { config } => match config::load(&config, &ProcessEnv)
+            .and_then(|c| portcullis::assemble(&c).map(drop))
+        {
+            Ok(()) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }
@@ -56,7 +58,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => {
             init_logging();
             match config::load(&config, &ProcessEnv) {
-                Ok(c) => serve(c),
+                Ok(c) => serve(&c),
                 Err(problems) => report(&problems),
             }
         }
@@ -84,7 +86,7 @@ fn main() -> ExitCode {
             match portcullis::demo::config(echo) {
                 Ok(c) => {
                     println!("{}", portcullis::demo::banner(echo));
-                    serve(c)
+                    serve(&c)
                 }
                 Err(problems) => report(&problems),
             }
@@ -92,13 +94,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: config::Config) -> ExitCode {
+fn serve(config: &config::Config) -> ExitCode {
     match portcullis::build(config) {
         Ok(server) => {
             portcullis::run(server);
             ExitCode::SUCCESS
         }
-        Err(e) => report(&[e]),
+        Err(problems) => report(&problems),
     }
 }
 

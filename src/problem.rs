@@ -19,7 +19,7 @@ use crate::authn::Refusal;
 use crate::authn::issue::MintError;
 use crate::edge::framing::FramingError;
 use crate::edge::headers::AmbiguousCredential;
-use crate::edge::path::PathError;
+use crate::path::PathError;
 
 /// Every error code of CONTRACT section 5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

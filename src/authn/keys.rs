@@ -13,46 +13,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-/// The signature algorithms Portcullis signs and verifies with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alg {
-    HS256,
-    EdDSA,
-    ES256,
-    RS256,
-}
+pub use crate::config::Alg;
 
-impl Alg {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "HS256" => Some(Self::HS256),
-            "EdDSA" => Some(Self::EdDSA),
-            "ES256" => Some(Self::ES256),
-            "RS256" => Some(Self::RS256),
-            _ => None,
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::HS256 => "HS256",
-            Self::EdDSA => "EdDSA",
-            Self::ES256 => "ES256",
-            Self::RS256 => "RS256",
-        }
-    }
-
-    pub const fn is_symmetric(self) -> bool {
-        matches!(self, Self::HS256)
-    }
-
-    fn verification(self) -> &'static dyn signature::VerificationAlgorithm {
-        match self {
-            Self::EdDSA => &signature::ED25519,
-            Self::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-            // HS256 never reaches here: it has no public key.
-            Self::RS256 | Self::HS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        }
+/// The signature check of an asymmetric algorithm.
+fn verification(alg: Alg) -> &'static dyn signature::VerificationAlgorithm {
+    match alg {
+        Alg::EdDSA => &signature::ED25519,
+        Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        // HS256 never reaches here: it has no public key.
+        Alg::RS256 | Alg::HS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
     }
 }
 
@@ -192,7 +161,7 @@ impl VerifyKey {
 }
 
 fn parse_public(alg: Alg, der: &[u8]) -> Result<ParsedPublicKey, String> {
-    ParsedPublicKey::new(alg.verification(), der)
+    ParsedPublicKey::new(verification(alg), der)
         .map_err(|e| format!("not a {} public key ({e})", key_kind(alg)))
 }
 
@@ -275,6 +244,34 @@ impl KeySet {
             leeway_secs,
             jwks,
         }
+    }
+
+    /// Our own key set, from the config's key material: every key parsed and checked against
+    /// the algorithm; each refusal is one problem line naming where the key came from.
+    pub fn from_config(t: &crate::config::Tokens) -> Result<Self, Vec<String>> {
+        use crate::config::KeyForm;
+        let mut problems = Vec::new();
+        let mut keys = Vec::with_capacity(t.verify_keys.len());
+        for m in &t.verify_keys {
+            let parsed = match m.form {
+                KeyForm::Secret => Ok(VerifyKey::hmac(m.kid.clone(), &m.bytes)),
+                KeyForm::PrivatePem => VerifyKey::from_private_pem(m.kid.clone(), t.alg, &m.bytes),
+                KeyForm::PublicPem => VerifyKey::from_public_pem(m.kid.clone(), t.alg, &m.bytes),
+            };
+            match parsed {
+                Ok(k) => keys.push(k),
+                Err(e) => problems.push(format!("{}: {e}", m.source)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self::new(
+            keys,
+            t.issuer.clone(),
+            t.audience.clone(),
+            t.leeway_secs,
+        ))
     }
 
     /// The keys of another issuer (fetched from its JWKS): never republished here.

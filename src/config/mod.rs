@@ -1,8 +1,16 @@
 //! Configuration: parse the TOML (`file`), then validate it into the internal model that the
-//! rest of the gateway uses. Every problem found is reported, one line each; a config with any
-//! problem never starts a gateway. Secrets come from the environment, never from the file.
+//! rest of the gateway uses: plain, checked data (`routes` for the route patterns, `jwks_url`
+//! for issuers' URLs), from which each wing builds its own runtime objects. Config imports no
+//! wing. Every problem found is reported, one line each; a config with any problem never
+//! starts a gateway. Secrets come from the environment, never from the file. Key material is
+//! read here and parsed by `authn` (`crate::assemble` reports what it refuses).
 
 pub mod file;
+mod jwks_url;
+mod routes;
+
+pub use jwks_url::JwksUrl;
+pub use routes::{Access, Route};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,9 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-
-use crate::authn::{Alg, KeySet, VerifyKey};
-use crate::edge::routes::{Access, Route, RouteTable};
 
 /// HS256 secrets shorter than this are refused (RFC 7518 3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -30,15 +35,14 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub store: Store,
     pub tokens: Tokens,
-    /// Shared with the edge, the endpoints and the admin listener.
-    pub keys: std::sync::Arc<KeySet>,
     pub cookie: Cookie,
     pub rate_limit: RateLimit,
     pub bcrypt_cost: u32,
     pub identity_prefix: String,
-    pub cors: crate::edge::cors::CorsPolicy,
+    pub cors: Cors,
     pub upstreams: Vec<Upstream>,
-    pub routes: RouteTable,
+    /// In file order; patterns checked (canonical, owner a parameter, no two of one shape).
+    pub routes: Vec<Route>,
     pub issuers: Vec<Issuer>,
 }
 
@@ -46,7 +50,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Issuer {
     pub name: String,
-    pub jwks_url: crate::authn::issuers::fetch::Target,
+    pub jwks_url: JwksUrl,
     /// The `iss` its tokens carry.
     pub issuer: String,
     pub audience: String,
@@ -79,15 +83,52 @@ impl fmt::Debug for Store {
     }
 }
 
-/// How new tokens are minted.
+/// The signature algorithms Portcullis signs and verifies its own tokens with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    HS256,
+    EdDSA,
+    ES256,
+    RS256,
+}
+
+impl Alg {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "HS256" => Some(Self::HS256),
+            "EdDSA" => Some(Self::EdDSA),
+            "ES256" => Some(Self::ES256),
+            "RS256" => Some(Self::RS256),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+        }
+    }
+
+    pub const fn is_symmetric(self) -> bool {
+        matches!(self, Self::HS256)
+    }
+}
+
+/// How new tokens are minted, and the keys they are verified with.
 pub struct Tokens {
     pub alg: Alg,
     pub kid: Option<String>,
     pub ttl: Duration,
     pub issuer: String,
     pub audience: String,
+    pub leeway_secs: u64,
     /// The HS256 secret or the PKCS#8 PEM of the private key. Never printed.
     pub signing_material: Vec<u8>,
+    /// What tokens are verified with: the signing key first, then `previous_keys`.
+    pub verify_keys: Vec<KeyMaterial>,
 }
 
 impl fmt::Debug for Tokens {
@@ -96,7 +137,81 @@ impl fmt::Debug for Tokens {
             .field("alg", &self.alg)
             .field("kid", &self.kid)
             .field("ttl", &self.ttl)
+            .field("verify_keys", &self.verify_keys)
             .finish_non_exhaustive()
+    }
+}
+
+/// One verification key as the config names it: read, not yet parsed (`authn::keys` parses
+/// it and reports what it refuses under `source`).
+#[derive(Clone)]
+pub struct KeyMaterial {
+    pub kid: Option<String>,
+    pub form: KeyForm,
+    /// The secret or the PEM text. Never printed.
+    pub bytes: Vec<u8>,
+    /// Where it came from, for problem lines: e.g. ``tokens.private_key_file `k.pem` ``.
+    pub source: String,
+}
+
+/// What [`KeyMaterial::bytes`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyForm {
+    /// An HS256 shared secret.
+    Secret,
+    /// A PKCS#8 private key in PEM (the signing key of an asymmetric algorithm).
+    PrivatePem,
+    /// An SPKI public key in PEM (a retired key).
+    PublicPem,
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("kid", &self.kid)
+            .field("form", &self.form)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validated `[cors]` settings: exact origins, lower-cased, without a trailing `/`.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    pub allowed_origins: Vec<String>,
+    /// The `Access-Control-Allow-Headers` value; `None` for the default list.
+    pub allowed_headers: Option<http::HeaderValue>,
+    pub max_age_secs: u64,
+}
+
+impl Cors {
+    pub fn new(origins: &[String], headers: &[String], max_age_secs: u64) -> Result<Self, String> {
+        let mut allowed_origins = Vec::with_capacity(origins.len());
+        for o in origins {
+            let lower = o.trim_end_matches('/').to_ascii_lowercase();
+            let authority = lower.split_once("://").map(|(_, a)| a);
+            let ok = (lower.starts_with("https://") || lower.starts_with("http://"))
+                && !lower.contains('*')
+                && authority.is_some_and(|a| !a.is_empty() && !a.contains('/'));
+            if !ok {
+                return Err(format!(
+                    "cors.allowed_origins: `{o}` must be an exact origin like https://app.example.com"
+                ));
+            }
+            allowed_origins.push(lower);
+        }
+        let allowed_headers = if headers.is_empty() {
+            None
+        } else {
+            Some(
+                http::HeaderValue::from_str(&headers.join(", ").to_ascii_lowercase())
+                    .map_err(|_| "cors.allowed_headers: not valid header names".to_owned())?,
+            )
+        };
+        Ok(Self {
+            allowed_origins,
+            allowed_headers,
+            max_age_secs,
+        })
     }
 }
 
@@ -205,17 +320,17 @@ fn toml_error(e: &toml::de::Error) -> String {
 
 /// Collects problems; each is one line.
 #[derive(Default)]
-struct Problems(Vec<String>);
+pub(crate) struct Problems(Vec<String>);
 
 impl Problems {
-    fn add(&mut self, p: impl Into<String>) {
+    pub(crate) fn add(&mut self, p: impl Into<String>) {
         self.0.push(one_line(p.into()));
     }
 }
 
 /// Control characters escaped: a problem quotes values (and keys) from the file, and one
 /// holding a newline or a terminal escape must not forge more lines of output.
-fn one_line(p: String) -> String {
+pub fn one_line(p: String) -> String {
     if !p.contains(char::is_control) {
         return p;
     }
@@ -259,10 +374,7 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
     });
 
     let store = store(&mut p, &raw.store, env);
-    let (tokens, keys) = match tokens(&mut p, &raw.tokens, env) {
-        Some((t, k)) => (Some(t), Some(k)),
-        None => (None, None),
-    };
+    let tokens = tokens(&mut p, &raw.tokens, env);
     let cookie = cookie(&mut p, &raw.cookie);
     let rate_limit = rate_limit(&mut p, &raw.rate_limit);
     if raw.password.bcrypt_cost < MIN_BCRYPT_COST || raw.password.bcrypt_cost > 31 {
@@ -272,15 +384,14 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
         ));
     }
     let prefix = raw.identity.prefix.trim_end_matches('/').to_owned();
-    if !prefix.starts_with('/')
-        || crate::edge::path::normalise(&prefix).ok().as_deref() != Some(&prefix)
+    if !prefix.starts_with('/') || crate::path::normalise(&prefix).ok().as_deref() != Some(&prefix)
     {
         p.add(format!(
             "identity.prefix `{}` must be a canonical absolute path",
             raw.identity.prefix
         ));
     }
-    let cors = crate::edge::cors::CorsPolicy::new(
+    let cors = Cors::new(
         &raw.cors.allowed_origins,
         &raw.cors.allowed_headers,
         raw.cors.max_age_secs,
@@ -288,13 +399,11 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
     .map_err(|e| p.add(e))
     .unwrap_or_default();
     let upstreams = upstreams(&mut p, &raw.upstream);
-    let routes = routes(&mut p, &raw.route, &upstreams);
+    let routes = routes::validate(&mut p, &raw.route, &upstreams);
     let issuers = issuers(&mut p, &raw.issuer, &raw.tokens.issuer);
 
-    match (listen, admin_listen, tokens, keys, cookie) {
-        (Some(listen), Some(admin_listen), Some(tokens), Some(keys), Some(cookie))
-            if p.0.is_empty() =>
-        {
+    match (listen, admin_listen, tokens, cookie) {
+        (Some(listen), Some(admin_listen), Some(tokens), Some(cookie)) if p.0.is_empty() => {
             Ok(Config {
                 listen,
                 admin_listen,
@@ -304,7 +413,6 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
                 tls,
                 store,
                 tokens,
-                keys: std::sync::Arc::new(keys),
                 cookie,
                 rate_limit,
                 bcrypt_cost: raw.password.bcrypt_cost,
@@ -397,7 +505,7 @@ fn store(p: &mut Problems, raw: &file::Store, env: &dyn Env) -> Store {
     }
 }
 
-fn tokens(p: &mut Problems, raw: &file::Tokens, env: &dyn Env) -> Option<(Tokens, KeySet)> {
+fn tokens(p: &mut Problems, raw: &file::Tokens, env: &dyn Env) -> Option<Tokens> {
     let before = p.0.len();
     let Some(alg) = Alg::from_name(&raw.algorithm) else {
         p.add(format!(
@@ -437,23 +545,16 @@ fn tokens(p: &mut Problems, raw: &file::Tokens, env: &dyn Env) -> Option<(Tokens
     if p.0.len() != before {
         return None;
     }
-    let set = KeySet::new(
-        keys,
-        raw.issuer.clone(),
-        raw.audience.clone(),
-        raw.leeway_secs,
-    );
-    Some((
-        Tokens {
-            alg,
-            kid: raw.kid.clone(),
-            ttl: Duration::from_secs(raw.ttl_secs),
-            issuer: raw.issuer.clone(),
-            audience: raw.audience.clone(),
-            signing_material,
-        },
-        set,
-    ))
+    Some(Tokens {
+        alg,
+        kid: raw.kid.clone(),
+        ttl: Duration::from_secs(raw.ttl_secs),
+        issuer: raw.issuer.clone(),
+        audience: raw.audience.clone(),
+        leeway_secs: raw.leeway_secs,
+        signing_material,
+        verify_keys: keys,
+    })
 }
 
 /// The signing key's verifying half goes into `keys`; returns the signing material.
@@ -462,7 +563,7 @@ fn signing_key(
     raw: &file::Tokens,
     alg: Alg,
     env: &dyn Env,
-    keys: &mut Vec<VerifyKey>,
+    keys: &mut Vec<KeyMaterial>,
 ) -> Vec<u8> {
     if alg.is_symmetric() {
         if raw.private_key_file.is_some() {
@@ -475,7 +576,12 @@ fn signing_key(
         let Some(secret) = secret(p, "tokens.secret_env", var, env) else {
             return Vec::new();
         };
-        keys.push(VerifyKey::hmac(raw.kid.clone(), &secret));
+        keys.push(KeyMaterial {
+            kid: raw.kid.clone(),
+            form: KeyForm::Secret,
+            bytes: secret.clone(),
+            source: "tokens.secret_env".to_owned(),
+        });
         return secret;
     }
     if raw.secret_env.is_some() {
@@ -497,16 +603,13 @@ fn signing_key(
     let Some(pem) = readable(p, "tokens.private_key_file", file) else {
         return Vec::new();
     };
-    match VerifyKey::from_private_pem(raw.kid.clone(), alg, &pem) {
-        Ok(k) => {
-            keys.push(k);
-            pem
-        }
-        Err(e) => {
-            p.add(format!("tokens.private_key_file `{file}`: {e}"));
-            Vec::new()
-        }
-    }
+    keys.push(KeyMaterial {
+        kid: raw.kid.clone(),
+        form: KeyForm::PrivatePem,
+        bytes: pem.clone(),
+        source: format!("tokens.private_key_file `{file}`"),
+    });
+    pem
 }
 
 /// A retired key, still accepted for verification.
@@ -516,7 +619,7 @@ fn previous_key(
     prev: &file::PreviousKey,
     alg: Alg,
     env: &dyn Env,
-) -> Option<VerifyKey> {
+) -> Option<KeyMaterial> {
     if alg.is_symmetric() {
         if prev.public_key_file.is_some() {
             p.add(format!(
@@ -528,7 +631,12 @@ fn previous_key(
             return None;
         };
         let s = secret(p, &format!("{at}.secret_env"), var, env)?;
-        return Some(VerifyKey::hmac(prev.kid.clone(), &s));
+        return Some(KeyMaterial {
+            kid: prev.kid.clone(),
+            form: KeyForm::Secret,
+            bytes: s,
+            source: format!("{at}.secret_env"),
+        });
     }
     if prev.kid.as_deref().is_none_or(str::is_empty) {
         p.add(format!("{at}.kid is required for {}", alg.as_str()));
@@ -541,9 +649,12 @@ fn previous_key(
         return None;
     };
     let pem = readable(p, &format!("{at}.public_key_file"), file)?;
-    VerifyKey::from_public_pem(prev.kid.clone(), alg, &pem)
-        .map_err(|e| p.add(format!("{at}.public_key_file `{file}`: {e}")))
-        .ok()
+    Some(KeyMaterial {
+        kid: prev.kid.clone(),
+        form: KeyForm::PublicPem,
+        bytes: pem,
+        source: format!("{at}.public_key_file `{file}`"),
+    })
 }
 
 fn secret(p: &mut Problems, key: &str, var: &str, env: &dyn Env) -> Option<Vec<u8>> {
@@ -659,45 +770,6 @@ fn upstreams(p: &mut Problems, raw: &[file::Upstream]) -> Vec<Upstream> {
     out
 }
 
-fn routes(p: &mut Problems, raw: &[file::Route], upstreams: &[Upstream]) -> RouteTable {
-    let mut table = RouteTable::default();
-    for r in raw {
-        // Every problem of a route is reported, not only the first: a route with a problem
-        // still goes into the table (the config is refused anyway) so that conflicts with the
-        // routes after it are found too.
-        let at = format!("route `{}`", r.path);
-        let upstream = upstreams.iter().position(|u| u.name == r.upstream);
-        if upstream.is_none() {
-            p.add(format!("{at}: upstream `{}` is not defined", r.upstream));
-        }
-        let access = Access::from_name(&r.auth);
-        if access.is_none() {
-            p.add(format!(
-                "{at}: auth `{}` must be public, optional or required",
-                r.auth
-            ));
-        }
-        if r.owner.is_some() && access.is_some_and(|a| a != Access::Required) {
-            p.add(format!("{at}: owner needs auth = \"required\""));
-        }
-        if crate::edge::path::normalise(&r.path.replace(['{', '}', '*'], "")).is_err() {
-            p.add(format!(
-                "{at}: the path is not canonical (no `..`, `\\`, `%2F`, `//`)"
-            ));
-        }
-        if let Err(e) = table.add(Route {
-            pattern: r.path.clone(),
-            upstream: upstream.unwrap_or(usize::MAX),
-            access: access.unwrap_or(Access::Required),
-            owner: r.owner.clone(),
-            forward_token: r.forward_token,
-        }) {
-            p.add(e);
-        }
-    }
-    table
-}
-
 fn issuers(p: &mut Problems, raw: &[file::Issuer], local_issuer: &str) -> Vec<Issuer> {
     let mut out = Vec::new();
     for (i, iss) in raw.iter().enumerate() {
@@ -705,7 +777,7 @@ fn issuers(p: &mut Problems, raw: &[file::Issuer], local_issuer: &str) -> Vec<Is
         if raw[..i].iter().any(|o| o.name == iss.name) {
             p.add(format!("{at} is defined twice"));
         }
-        let target = crate::authn::issuers::fetch::Target::parse(&iss.jwks_url)
+        let target = JwksUrl::parse(&iss.jwks_url)
             .map_err(|e| p.add(format!("{at}: jwks_url {e}")))
             .ok();
         for (key, v) in [

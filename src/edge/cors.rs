@@ -13,6 +13,8 @@
 use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use crate::config;
+
 const DEFAULT_ALLOWED_HEADERS: &str = "authorization, content-type, x-request-id";
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
@@ -37,31 +39,17 @@ pub enum Verdict {
 }
 
 impl CorsPolicy {
-    pub fn new(origins: &[String], headers: &[String], max_age_secs: u64) -> Result<Self, String> {
-        let mut allowed = Vec::with_capacity(origins.len());
-        for o in origins {
-            let lower = o.trim_end_matches('/').to_ascii_lowercase();
-            let ok = (lower.starts_with("https://") || lower.starts_with("http://"))
-                && !lower.contains('*')
-                && authority(&lower).is_some_and(|a| !a.is_empty() && !a.contains('/'));
-            if !ok {
-                return Err(format!(
-                    "cors.allowed_origins: `{o}` must be an exact origin like https://app.example.com"
-                ));
-            }
-            allowed.push(lower);
+    /// The policy of the validated `[cors]` settings.
+    pub fn new(c: &config::Cors) -> Self {
+        Self {
+            allowed: c.allowed_origins.clone(),
+            allow_headers: Some(
+                c.allowed_headers
+                    .clone()
+                    .unwrap_or(HeaderValue::from_static(DEFAULT_ALLOWED_HEADERS)),
+            ),
+            max_age: Some(HeaderValue::from(c.max_age_secs)),
         }
-        let allow_headers = if headers.is_empty() {
-            HeaderValue::from_static(DEFAULT_ALLOWED_HEADERS)
-        } else {
-            HeaderValue::from_str(&headers.join(", ").to_ascii_lowercase())
-                .map_err(|_| "cors.allowed_headers: not valid header names".to_owned())?
-        };
-        Ok(Self {
-            allowed,
-            allow_headers: Some(allow_headers),
-            max_age: Some(HeaderValue::from(max_age_secs)),
-        })
     }
 
     /// Is `origin` one of the configured frontends?
@@ -187,7 +175,7 @@ mod tests {
     use super::*;
 
     fn policy() -> CorsPolicy {
-        CorsPolicy::new(&["https://app.example.com".into()], &[], 600).unwrap()
+        CorsPolicy::new(&config::Cors::new(&["https://app.example.com".into()], &[], 600).unwrap())
     }
 
     fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
@@ -207,7 +195,7 @@ mod tests {
             "app.example.com",
             "https://a.com/path",
         ] {
-            assert!(CorsPolicy::new(&[bad.into()], &[], 1).is_err(), "{bad}");
+            assert!(config::Cors::new(&[bad.into()], &[], 1).is_err(), "{bad}");
         }
     }
 

@@ -1,9 +1,10 @@
 //! The edge: the Pingora phases (`proxy`, with the per-request state in `ctx`) and everything
 //! only they use, in the order a request meets them: the request-head deadline (`deadline`),
-//! the framing guard (`framing`), one canonical path (`path`), the header policy (`headers`:
-//! strip, request id, credential, inject), CORS (`cors`), the route table (`routes`) and its
-//! metric handles (`route_metrics`), the load-balanced upstreams (`upstream`), and the
-//! in-flight count graceful shutdown waits for (`drain`).
+//! the framing guard (`framing`), one canonical path (`crate::path`, on the ground floor because
+//! config checks route patterns with it too), the header policy (`headers`: strip, request id,
+//! credential, inject), CORS (`cors`), the route table (`routes`) and its metric handles
+//! (`route_metrics`), the load-balanced upstreams (`upstream`), and the in-flight count graceful
+//! shutdown waits for (`drain`).
 
 pub mod cors;
 pub mod ctx;
@@ -11,7 +12,6 @@ pub mod deadline;
 pub mod drain;
 pub mod framing;
 pub mod headers;
-pub mod path;
 pub mod proxy;
 pub mod route_metrics;
 pub mod routes;

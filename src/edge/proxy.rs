@@ -19,9 +19,9 @@ use crate::edge::cors::{CorsPolicy, Verdict};
 use crate::edge::deadline::HeadDeadline;
 use crate::edge::framing;
 use crate::edge::headers::{self, Credential, X_REQUEST_ID};
-use crate::edge::path;
 use crate::edge::routes::{Access, RouteTable};
 use crate::edge::upstream::Upstream;
+use crate::path;
 use crate::problem::{Code, Problem};
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";

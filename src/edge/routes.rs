@@ -1,41 +1,14 @@
 //! The route table: which upstream a canonical path goes to, and what it takes to get there.
-//! Patterns are matchit's (`{name}` one segment, `{*name}` the rest); the most specific
-//! pattern wins (segment by segment: static over parameter over catch-all), and two patterns
-//! of the same shape are a config error, never a silent shadowing.
+//! Patterns are matchit's (`{name}` one segment, `{*name}` the rest), checked by config (no
+//! two of one shape, owners are parameters); the most specific pattern wins (segment by
+//! segment: static over parameter over catch-all).
 //!
 //! matchit alone refuses some sets the contract allows (`/api/{*rest}` beside
 //! `/api/{user_id}/tasks/{*rest}`), so routes are spread over a few layered routers: a pattern
 //! goes into the first layer it does not conflict with, and a lookup keeps the most specific
 //! match over all layers. There are as many layers as the deepest such overlap, usually one.
 
-/// What a route demands of the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Public,
-    Optional,
-    Required,
-}
-
-impl Access {
-    pub fn from_name(s: &str) -> Option<Self> {
-        match s {
-            "public" => Some(Self::Public),
-            "optional" => Some(Self::Optional),
-            "required" => Some(Self::Required),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub pattern: String,
-    pub upstream: usize,
-    pub access: Access,
-    /// Path parameter that must equal the token's `sub`.
-    pub owner: Option<String>,
-    pub forward_token: bool,
-}
+pub use crate::config::{Access, Route};
 
 /// A matched route and, when it has an owner rule, the owner segment of the path.
 #[derive(Debug)]
@@ -54,29 +27,18 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Adds a route; the error is a one-line reason.
-    pub fn add(&mut self, route: Route) -> Result<(), String> {
-        if !route.pattern.starts_with('/') {
-            return Err(format!("route `{}` must start with `/`", route.pattern));
+    /// The table of the config's (validated) routes, in their order.
+    pub fn new(routes: &[Route]) -> Result<Self, String> {
+        let mut table = Self::default();
+        for route in routes {
+            table.add(route.clone())?;
         }
-        if let Some(owner) = &route.owner
-            && !segment_params(&route.pattern).any(|p| p == owner)
-        {
-            return Err(format!(
-                "route `{}`: owner `{owner}` is not a `{{{owner}}}` segment of its path",
-                route.pattern
-            ));
-        }
-        if let Some(twin) = self
-            .routes
-            .iter()
-            .find(|r| shape(&r.pattern) == shape(&route.pattern))
-        {
-            return Err(format!(
-                "route `{}` duplicates route `{}`",
-                route.pattern, twin.pattern
-            ));
-        }
+        Ok(table)
+    }
+
+    /// Adds a route to the first layer it does not conflict with; the error is a one-line
+    /// reason (a pattern config let through that matchit still refuses).
+    fn add(&mut self, route: Route) -> Result<(), String> {
         let index = self.routes.len();
         let mut placed = false;
         for layer in &mut self.layers {
@@ -136,27 +98,6 @@ fn specificity(pattern: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The pattern with parameter names erased: two routes of one shape match the same paths.
-fn shape(pattern: &str) -> String {
-    pattern
-        .split('/')
-        .map(|seg| match seg.strip_prefix('{') {
-            Some(p) if p.starts_with('*') => "{*}",
-            Some(_) => "{}",
-            None => seg,
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// Names of the one-segment parameters (`{name}`) of a pattern; catch-alls are not owners.
-fn segment_params(pattern: &str) -> impl Iterator<Item = &str> {
-    pattern.split('/').filter_map(|seg| {
-        let inner = seg.strip_prefix('{')?.strip_suffix('}')?;
-        (!inner.starts_with('*')).then_some(inner)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,16 +113,16 @@ mod tests {
     }
 
     fn table() -> RouteTable {
-        let mut t = RouteTable::default();
-        t.add(route(
-            "/api/{user_id}/tasks/{*rest}",
-            Access::Required,
-            Some("user_id"),
-        ))
-        .unwrap();
-        t.add(route("/api/{*rest}", Access::Public, None)).unwrap();
-        t.add(route("/api/health", Access::Public, None)).unwrap();
-        t
+        RouteTable::new(&[
+            route(
+                "/api/{user_id}/tasks/{*rest}",
+                Access::Required,
+                Some("user_id"),
+            ),
+            route("/api/{*rest}", Access::Public, None),
+            route("/api/health", Access::Public, None),
+        ])
+        .unwrap()
     }
 
     #[test]
@@ -196,28 +137,5 @@ mod tests {
             "/api/{*rest}"
         );
         assert!(t.find("/elsewhere").is_none());
-    }
-
-    #[test]
-    fn owner_must_be_a_segment_parameter() {
-        let mut t = RouteTable::default();
-        let e = t
-            .add(route("/u/{id}/{*rest}", Access::Required, Some("rest")))
-            .unwrap_err();
-        assert!(e.contains("owner `rest`"), "{e}");
-        assert!(
-            t.add(route("/u/{id}", Access::Required, Some("user")))
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn duplicate_and_conflicting_patterns_are_refused() {
-        let mut t = table();
-        assert!(t.add(route("/api/health", Access::Public, None)).is_err());
-        assert!(
-            t.add(route("/api/{other}/tasks/{*rest}", Access::Public, None))
-                .is_err()
-        );
     }
 }

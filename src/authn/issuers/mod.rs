@@ -363,7 +363,7 @@ mod tests {
         ExternalIssuer::new(
             config::Issuer {
                 name: "t".into(),
-                jwks_url: fetch::Target::parse("http://127.0.0.1:1/jwks").unwrap(),
+                jwks_url: crate::config::JwksUrl::parse("http://127.0.0.1:1/jwks").unwrap(),
                 issuer: "https://t".into(),
                 audience: "a".into(),
                 user_id_claim: "sub".into(),

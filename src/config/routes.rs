@@ -1,0 +1,188 @@
+//! `[[route]]`s, validated: the access mode, the upstream by index, and patterns a route table
+//! can hold without surprise. Patterns are matchit's (`{name}` one segment, `{*name}` the
+//! rest), canonical (`crate::path`), and no two of one shape: two patterns that match the same
+//! paths are a config error, never a silent shadowing. An owner rule names a one-segment
+//! parameter of its own pattern.
+
+use super::{Problems, Upstream, file};
+
+/// What a route demands of the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Optional,
+    Required,
+}
+
+impl Access {
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "public" => Some(Self::Public),
+            "optional" => Some(Self::Optional),
+            "required" => Some(Self::Required),
+            _ => None,
+        }
+    }
+}
+
+/// One validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub pattern: String,
+    /// Index into the config's upstreams.
+    pub upstream: usize,
+    pub access: Access,
+    /// Path parameter that must equal the token's `sub`.
+    pub owner: Option<String>,
+    pub forward_token: bool,
+}
+
+pub(super) fn validate(
+    p: &mut Problems,
+    raw: &[file::Route],
+    upstreams: &[Upstream],
+) -> Vec<Route> {
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+    for r in raw {
+        // Every problem of a route is reported, not only the first: a route with a problem
+        // still joins the list (the config is refused anyway) so that duplicates among the
+        // routes after it are found too.
+        let at = format!("route `{}`", r.path);
+        let upstream = upstreams.iter().position(|u| u.name == r.upstream);
+        if upstream.is_none() {
+            p.add(format!("{at}: upstream `{}` is not defined", r.upstream));
+        }
+        let access = Access::from_name(&r.auth);
+        if access.is_none() {
+            p.add(format!(
+                "{at}: auth `{}` must be public, optional or required",
+                r.auth
+            ));
+        }
+        if r.owner.is_some() && access.is_some_and(|a| a != Access::Required) {
+            p.add(format!("{at}: owner needs auth = \"required\""));
+        }
+        if crate::path::normalise(&r.path.replace(['{', '}', '*'], "")).is_err() {
+            p.add(format!(
+                "{at}: the path is not canonical (no `..`, `\\`, `%2F`, `//`)"
+            ));
+        }
+        let route = Route {
+            pattern: r.path.clone(),
+            upstream: upstream.unwrap_or(usize::MAX),
+            access: access.unwrap_or(Access::Required),
+            owner: r.owner.clone(),
+            forward_token: r.forward_token,
+        };
+        if let Err(e) = check_pattern(&routes, &route) {
+            p.add(e);
+        }
+        routes.push(route);
+    }
+    routes
+}
+
+/// Whether `route` may join `before`: the pattern's own grammar, its owner rule, and no
+/// earlier route of the same shape. The error is one line.
+fn check_pattern(before: &[Route], route: &Route) -> Result<(), String> {
+    if !route.pattern.starts_with('/') {
+        return Err(format!("route `{}` must start with `/`", route.pattern));
+    }
+    if let Some(owner) = &route.owner
+        && !segment_params(&route.pattern).any(|p| p == owner)
+    {
+        return Err(format!(
+            "route `{}`: owner `{owner}` is not a `{{{owner}}}` segment of its path",
+            route.pattern
+        ));
+    }
+    if let Some(twin) = before
+        .iter()
+        .find(|r| shape(&r.pattern) == shape(&route.pattern))
+    {
+        return Err(format!(
+            "route `{}` duplicates route `{}`",
+            route.pattern, twin.pattern
+        ));
+    }
+    // matchit's grammar (a catch-all last, parameters closed, ...): a router of its own cannot
+    // conflict, so any error is the pattern's.
+    matchit::Router::new()
+        .insert(route.pattern.as_str(), ())
+        .map_err(|e| format!("route `{}`: {e}", route.pattern))
+}
+
+/// The pattern with parameter names erased: two routes of one shape match the same paths.
+fn shape(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|seg| match seg.strip_prefix('{') {
+            Some(p) if p.starts_with('*') => "{*}",
+            Some(_) => "{}",
+            None => seg,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Names of the one-segment parameters (`{name}`) of a pattern; catch-alls are not owners.
+fn segment_params(pattern: &str) -> impl Iterator<Item = &str> {
+    pattern.split('/').filter_map(|seg| {
+        let inner = seg.strip_prefix('{')?.strip_suffix('}')?;
+        (!inner.starts_with('*')).then_some(inner)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(pattern: &str, access: Access, owner: Option<&str>) -> Route {
+        Route {
+            pattern: pattern.into(),
+            upstream: 0,
+            access,
+            owner: owner.map(Into::into),
+            forward_token: false,
+        }
+    }
+
+    fn table() -> Vec<Route> {
+        vec![
+            route(
+                "/api/{user_id}/tasks/{*rest}",
+                Access::Required,
+                Some("user_id"),
+            ),
+            route("/api/{*rest}", Access::Public, None),
+            route("/api/health", Access::Public, None),
+        ]
+    }
+
+    #[test]
+    fn owner_must_be_a_segment_parameter() {
+        let e = check_pattern(
+            &[],
+            &route("/u/{id}/{*rest}", Access::Required, Some("rest")),
+        )
+        .unwrap_err();
+        assert!(e.contains("owner `rest`"), "{e}");
+        assert!(check_pattern(&[], &route("/u/{id}", Access::Required, Some("user"))).is_err());
+    }
+
+    #[test]
+    fn duplicate_and_conflicting_patterns_are_refused() {
+        let t = table();
+        for (i, r) in t.iter().enumerate() {
+            check_pattern(&t[..i], r).unwrap();
+        }
+        assert!(check_pattern(&t, &route("/api/health", Access::Public, None)).is_err());
+        assert!(
+            check_pattern(
+                &t,
+                &route("/api/{other}/tasks/{*rest}", Access::Public, None)
+            )
+            .is_err()
+        );
+    }
+}
