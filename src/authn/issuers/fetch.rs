@@ -1,7 +1,9 @@
-//! One bounded HTTP/1.1 `GET` of a JWKS document, over TCP or TLS (rustls, platform roots,
-//! certificate and host name verified). Small on purpose: one request per connection
+//! One bounded `GET` of a JWKS document, on hyper's HTTP/1.1 client, over TCP or TLS (rustls,
+//! platform roots, certificate and host name verified). hyper does the HTTP (framing by
+//! `Content-Length`, chunks or close); the rules are ours: one request per connection
 //! (`Connection: close`), a deadline over the whole exchange, a cap on the head and the body,
-//! `Content-Length`, chunked or read-to-close framing, and no redirects.
+//! and no redirects. Which URLs may be fetched at all (https anywhere, http only to a loopback
+//! host, no credentials in the URL) is decided by the config (`config::JwksUrl`).
 //!
 //! Redirects are not followed: a `3xx` is a failed fetch whose log line names the `Location`,
 //! so the operator points `jwks_url` at the final address. Following them would let whoever
@@ -11,17 +13,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, HOST, LOCATION, USER_AGENT};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::config::JwksUrl as Target;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Largest JWKS body accepted. A set of a few keys is a few KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Largest response head accepted.
+/// Largest response head accepted (hyper's read buffer; 8 KiB is its least).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
 
 /// A fetched document and what its `Cache-Control` says.
 #[derive(Debug)]
@@ -94,15 +99,8 @@ impl Client {
             .await
             .map_err(|e| FetchError::new("connect", format!("connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/jwk-set+json, application/json\r\n\
-             User-Agent: portcullis/{}\r\nConnection: close\r\n\r\n",
-            target.path_and_query,
-            target.authority,
-            env!("CARGO_PKG_VERSION")
-        );
         if !target.tls {
-            return exchange(tcp, request.as_bytes()).await;
+            return get(tcp, target).await;
         }
         let config = self
             .tls
@@ -114,45 +112,63 @@ impl Client {
             .connect(name, tcp)
             .await
             .map_err(|e| FetchError::new("tls", format!("TLS: {e}")))?;
-        exchange(stream, request.as_bytes()).await
+        get(stream, target).await
     }
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    request: &[u8],
-) -> Result<Fetched, FetchError> {
-    let io = |e: std::io::Error| FetchError::new("io", e.to_string());
-    s.write_all(request).await.map_err(io)?;
-    s.flush().await.map_err(io)?;
-
-    let mut buf = Vec::with_capacity(8 * 1024);
-    let mut chunk = [0u8; 8 * 1024];
-    let (head_len, status, framing, max_age, location) = loop {
-        let n = s.read(&mut chunk).await.map_err(io)?;
-        if n == 0 {
-            return Err(FetchError::new(
-                "io",
-                "connection closed before a response head",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let status = resp.code.unwrap_or(0);
-                let (framing, max_age, location) = read_head(resp.headers)?;
-                break (len, status, framing, max_age, location);
-            }
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(FetchError::new("too_large", "response head too large"));
-            }
-            Err(e) => return Err(FetchError::new("http", format!("bad response head: {e}"))),
-        }
+/// The one request of a connection, and its answer read within the caps.
+async fn get<S>(stream: S, target: &Target) -> Result<Fetched, FetchError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD_BYTES)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| FetchError::new("http", format!("HTTP handshake: {e}")))?;
+    let request = http::Request::get(target.path_and_query.as_str())
+        .header(HOST, target.authority.as_str())
+        .header(ACCEPT, "application/jwk-set+json, application/json")
+        .header(
+            USER_AGENT,
+            concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(CONNECTION, "close")
+        .body(Empty::new())
+        .map_err(|e| FetchError::new("http", format!("request: {e}")))?;
+    let exchange = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| http_error(&e))?;
+        read(response).await
     };
+    // The connection is driven here, beside the exchange, and dropped with it: nothing of a
+    // fetch outlives its deadline.
+    let mut exchange = std::pin::pin!(exchange);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = &mut exchange => result,
+        ended = &mut conn => match ended {
+            // Closed after (or while) answering: what was read is the exchange's to judge.
+            Ok(()) => exchange.await,
+            Err(e) => Err(http_error(&e)),
+        },
+    }
+}
+
+/// The status, the caching and the body (at most [`MAX_BODY_BYTES`]) of an answer.
+async fn read(response: http::Response<hyper::body::Incoming>) -> Result<Fetched, FetchError> {
+    let status = response.status().as_u16();
+    let headers = response.headers();
     if (300..400).contains(&status) {
+        let location: Option<String> = headers.get(LOCATION).map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(200)
+                .filter(|c| !c.is_control())
+                .collect()
+        });
         return Err(FetchError::new(
             "redirect",
             format!(
@@ -164,55 +180,58 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     if status != 200 {
         return Err(FetchError::new("status", format!("answered {status}")));
     }
-    buf.drain(..head_len);
-    let body = match framing {
-        Framing::Length(len) => {
-            if len > MAX_BODY_BYTES {
-                return Err(too_large());
-            }
-            while buf.len() < len {
-                let n = s.read(&mut chunk).await.map_err(io)?;
-                if n == 0 {
-                    return Err(FetchError::new("io", "body cut short"));
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.truncate(len);
-            buf
-        }
-        Framing::Chunked => loop {
-            match dechunk(&buf) {
-                Ok(Some(body)) => break body,
-                Ok(None) => {}
-                Err(e) => return Err(FetchError::new("http", e)),
-            }
-            // Chunk framing adds a few bytes per chunk; twice the cap is ample for it.
-            if buf.len() > 2 * MAX_BODY_BYTES {
-                return Err(too_large());
-            }
-            let n = s.read(&mut chunk).await.map_err(io)?;
-            if n == 0 {
-                return Err(FetchError::new("io", "chunked body cut short"));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        },
-        Framing::Close => loop {
-            if buf.len() > MAX_BODY_BYTES {
-                return Err(too_large());
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) => break buf,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                // A TLS peer that closes without close_notify: the JSON parse catches a cut.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break buf,
-                Err(e) => return Err(io(e)),
-            }
-        },
-    };
-    if body.len() > MAX_BODY_BYTES {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    Ok(Fetched { body, max_age })
+    let max_age = max_age(headers.get_all(CACHE_CONTROL));
+    let mut body = response.into_body();
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| http_error(&e))?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(Fetched { body: buf, max_age })
+}
+
+/// `max-age` in seconds; `Some(0)` for `no-store` / `no-cache` (which win over `max-age`).
+fn max_age(values: http::header::GetAll<'_, http::HeaderValue>) -> Option<u64> {
+    let mut max_age = None;
+    for value in values {
+        for directive in String::from_utf8_lossy(value.as_bytes()).split(',') {
+            let d = directive.trim().to_ascii_lowercase();
+            if d == "no-store" || d == "no-cache" {
+                return Some(0);
+            }
+            if let Some(v) = d.strip_prefix("max-age=") {
+                max_age = v.trim_matches('"').parse::<u64>().ok().or(max_age);
+            }
+        }
+    }
+    max_age
+}
+
+/// hyper's error, as a fetch failure: the head too large, the connection cut, or bad HTTP.
+fn http_error(e: &hyper::Error) -> FetchError {
+    // hyper names "too large" by a predicate only for servers; its message says it.
+    if e.is_parse() && e.to_string().contains("too large") {
+        FetchError::new("too_large", "response head too large")
+    } else if e.is_incomplete_message()
+        || e.is_closed()
+        || std::error::Error::source(e).is_some_and(<dyn std::error::Error>::is::<std::io::Error>)
+    {
+        FetchError::new("io", format!("connection closed early: {e}"))
+    } else {
+        FetchError::new("http", e.to_string())
+    }
 }
 
 fn too_large() -> FetchError {
@@ -222,112 +241,106 @@ fn too_large() -> FetchError {
     )
 }
 
-enum Framing {
-    Length(usize),
-    Chunked,
-    Close,
-}
-
-fn read_head(
-    headers: &[httparse::Header<'_>],
-) -> Result<(Framing, Option<u64>, Option<String>), FetchError> {
-    let mut framing = Framing::Close;
-    let mut max_age = None;
-    let mut no_cache = false;
-    let mut location = None;
-    for h in headers {
-        let value = String::from_utf8_lossy(h.value);
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if value.to_ascii_lowercase().contains("chunked") {
-                framing = Framing::Chunked;
-            }
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            if matches!(framing, Framing::Length(_)) {
-                return Err(FetchError::new("http", "two Content-Length headers"));
-            }
-            if !matches!(framing, Framing::Chunked) {
-                let len = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| FetchError::new("http", "bad Content-Length"))?;
-                framing = Framing::Length(len);
-            }
-        } else if h.name.eq_ignore_ascii_case("cache-control") {
-            for directive in value.split(',') {
-                let d = directive.trim().to_ascii_lowercase();
-                if d == "no-store" || d == "no-cache" {
-                    no_cache = true;
-                } else if let Some(v) = d.strip_prefix("max-age=") {
-                    max_age = v.trim_matches('"').parse::<u64>().ok().or(max_age);
-                }
-            }
-        } else if h.name.eq_ignore_ascii_case("location") {
-            let shown: String = value
-                .chars()
-                .take(200)
-                .filter(|c| !c.is_control())
-                .collect();
-            location = Some(shown);
-        }
-    }
-    Ok((framing, if no_cache { Some(0) } else { max_age }, location))
-}
-
-/// A whole chunked body out of `raw`, `None` while incomplete.
-fn dechunk(raw: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
-    let mut body = Vec::new();
-    let mut rest = raw;
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        if size > MAX_BODY_BYTES || body.len() + size > MAX_BODY_BYTES {
-            return Err("chunked body too large");
-        }
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            // Trailers are not read: the body is complete.
-            return Ok(Some(body));
-        }
-        if rest.len() < size + 2 {
-            return Ok(None);
-        }
-        if &rest[size..size + 2] != b"\r\n" {
-            return Err("bad chunk framing");
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+
+    /// What `get` makes of a peer that answers `raw` (after reading the request).
+    fn fetch_from(raw: Vec<u8>) -> Result<Fetched, FetchError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let (client, mut server) = tokio::io::duplex(256 * 1024);
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = server.read(&mut request).await;
+                    let _ = server.write_all(&raw).await;
+                    let _ = server.shutdown().await;
+                });
+                let target = Target::parse("http://127.0.0.1:1/jwks").unwrap();
+                get(client, &target).await
+            })
+    }
+
+    fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
+        let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for c in body.chunks(chunk) {
+            raw.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            raw.extend_from_slice(c);
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"0\r\n\r\n");
+        raw
+    }
 
     #[test]
     fn chunked_bodies_are_reassembled_and_bounded() {
+        let got = fetch_from(chunked(b"abcde", 3)).unwrap();
+        assert_eq!(got.body, b"abcde");
+        let big = vec![b'x'; MAX_BODY_BYTES + 1];
         assert_eq!(
-            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(),
-            Some(b"abcde".to_vec())
+            fetch_from(chunked(&big, 4096)).unwrap_err().kind,
+            "too_large"
         );
-        assert_eq!(dechunk(b"3\r\nab").unwrap(), None);
-        assert_eq!(dechunk(b"3\r\nabc\r\n").unwrap(), None);
-        assert!(dechunk(b"zz\r\n").is_err());
-        assert!(dechunk(b"3\r\nabcXX").is_err());
-        assert!(dechunk(format!("{:x}\r\n", MAX_BODY_BYTES + 1).as_bytes()).is_err());
+        let cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab".to_vec();
+        assert_eq!(fetch_from(cut).unwrap_err().kind, "io");
+        let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec();
+        assert!(fetch_from(bad).is_err());
+    }
+
+    #[test]
+    fn bodies_by_length_or_close_are_read_within_the_cap() {
+        let got = fetch_from(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec()).unwrap();
+        assert_eq!(got.body, b"abc");
+        let got = fetch_from(b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec()).unwrap();
+        assert_eq!(got.body, b"until close");
+        let declared = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
+        assert_eq!(
+            fetch_from(declared.into_bytes()).unwrap_err().kind,
+            "too_large"
+        );
+        let mut endless = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        endless.resize(endless.len() + MAX_BODY_BYTES + 1, b'x');
+        assert_eq!(fetch_from(endless).unwrap_err().kind, "too_large");
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..2000 {
+            head.extend_from_slice(format!("X-Filler-{i}: yyyyyyyy\r\n").as_bytes());
+        }
+        assert_eq!(fetch_from(head).unwrap_err().kind, "too_large");
+    }
+
+    #[test]
+    fn redirects_and_other_statuses_fail_naming_what_came() {
+        let e = fetch_from(
+            b"HTTP/1.1 302 Found\r\nLocation: https://elsewhere/\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, "redirect");
+        assert!(e.detail.contains("https://elsewhere/"), "{}", e.detail);
+        let e = fetch_from(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n".to_vec()).unwrap_err();
+        assert_eq!(e.kind, "status");
+        assert_eq!(
+            fetch_from(b"not http at all\r\n\r\n".to_vec())
+                .unwrap_err()
+                .kind,
+            "http"
+        );
     }
 
     #[test]
     fn cache_control_gives_max_age_and_no_store_means_zero() {
         let h = |v: &'static [u8]| {
-            let headers = [httparse::Header {
-                name: "Cache-Control",
-                value: v,
-            }];
-            read_head(&headers).unwrap().1
+            let mut headers = http::HeaderMap::new();
+            headers.insert(CACHE_CONTROL, http::HeaderValue::from_bytes(v).unwrap());
+            max_age(headers.get_all(CACHE_CONTROL))
         };
         assert_eq!(h(b"public, max-age=600"), Some(600));
         assert_eq!(h(b"no-store"), Some(0));
