@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod db;
 
 use std::collections::HashSet;
