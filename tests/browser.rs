@@ -14,47 +14,30 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Gateway;
+use common::config::{self as cfg, TestConfig};
 
 const BOUND: Duration = Duration::from_secs(180);
 
 /// Default cookie settings (`portcullis_token`, Secure, SameSite=Strict): Chromium treats
 /// http://127.0.0.1 as a secure context, so a Secure cookie is kept there.
-const CONFIG: &str = r#"
-[server]
-listen = "{LISTEN}"
-admin_listen = "{ADMIN}"
-grace_period_secs = 0
-
-[store]
-url = "sqlite://{DIR}/browser.db"
-
-[tokens]
-secret_env = "PORTCULLIS_TEST_SECRET"
-
-[password]
-bcrypt_cost = 10
-
-[[upstream]]
-name = "echo"
-addrs = ["{ECHO}"]
-
-# `{*rest}` needs at least one character: `/app/` itself is its own route.
-[[route]]
-path = "/app/"
-upstream = "echo"
-auth = "public"
-
-[[route]]
-path = "/app/{*rest}"
-upstream = "echo"
-auth = "public"
-
-[[route]]
-path = "/api/{user_id}/tasks/{*rest}"
-upstream = "echo"
-auth = "required"
-owner = "user_id"
-"#;
+fn config() -> String {
+    TestConfig::new()
+        .server("grace_period_secs = 0")
+        .store("sqlite://{DIR}/browser.db")
+        .default_cookie()
+        .fast_bcrypt()
+        .upstream("echo", "\"{ECHO}\"", &[])
+        // `{*rest}` needs at least one character: `/app/` itself is its own route.
+        .route("/app/", "echo", "public", &[])
+        .route("/app/{*rest}", "echo", "public", &[])
+        .route(
+            cfg::OWNER_ROUTE.0,
+            "echo",
+            "required",
+            &[cfg::OWNER_ROUTE.1],
+        )
+        .build()
+}
 
 const INSTALL: &str = "the browser test needs Node.js >= 20 with npm, Debian's Chromium and the \
     e2e packages; .ci/run must run `apt-get install -y nodejs npm chromium` (when `node` or \
@@ -108,7 +91,7 @@ fn a_real_browser_signs_in_by_httponly_cookie_reaches_its_route_and_signs_out() 
     preflight(&root);
 
     let echo = portcullis::demo::echo::spawn();
-    let g = Gateway::start_with(CONFIG, &[], &[("ECHO", echo.to_string())]);
+    let g = Gateway::start_with(&config(), &[], &[("ECHO", echo.to_string())]);
     let base = format!("http://{}", g.addr);
 
     // The page is served through the gateway's public route before a browser is involved.

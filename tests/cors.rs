@@ -2,33 +2,20 @@
 
 mod common;
 
+use common::config::TestConfig;
 use common::{Gateway, assert_problem, new_sub, request_bytes, token_for};
 
 const FRONTEND: &str = "https://app.example.com";
 
-const CONFIG: &str = r#"
-[server]
-listen = "{LISTEN}"
-admin_listen = "{ADMIN}"
-[store]
-url = "sqlite://{DIR}/c.db"
-[tokens]
-secret_env = "PORTCULLIS_TEST_SECRET"
-[cookie]
-name = "pc_tok"
-[password]
-bcrypt_cost = 10
-[cors]
-allowed_origins = ["https://app.example.com"]
-[[upstream]]
-name = "app"
-addrs = ["{UPSTREAM}"]
-[[route]]
-path = "/api/{user_id}/tasks/{*rest}"
-upstream = "app"
-auth = "required"
-owner = "user_id"
-"#;
+fn config() -> String {
+    TestConfig::new()
+        .store("sqlite://{DIR}/c.db")
+        .fast_bcrypt()
+        .section("[cors]\nallowed_origins = [\"https://app.example.com\"]\n")
+        .app(&[])
+        .owner_route()
+        .build()
+}
 
 fn preflight(g: &Gateway, origin: &str, path: &str) -> common::Response {
     g.raw(&request_bytes(
@@ -45,7 +32,7 @@ fn preflight(g: &Gateway, origin: &str, path: &str) -> common::Response {
 
 #[test]
 fn preflight_from_a_configured_origin_is_answered_at_the_edge() {
-    let g = Gateway::start(CONFIG, &[]);
+    let g = Gateway::start(&config(), &[]);
     let sub = new_sub();
     let r = preflight(&g, FRONTEND, &format!("/api/{sub}/tasks/1"));
     assert_eq!(r.status, 204, "{}", r.text());
@@ -69,7 +56,7 @@ fn preflight_from_a_configured_origin_is_answered_at_the_edge() {
 
 #[test]
 fn preflight_from_another_origin_is_403() {
-    let g = Gateway::start(CONFIG, &[]);
+    let g = Gateway::start(&config(), &[]);
     for origin in [
         "https://evil.example",
         "null",
@@ -84,7 +71,7 @@ fn preflight_from_another_origin_is_403() {
 
 #[test]
 fn an_allowed_origin_can_read_proxied_and_gateway_made_responses() {
-    let g = Gateway::start(CONFIG, &[]);
+    let g = Gateway::start(&config(), &[]);
     let sub = new_sub();
     let path = format!("/api/{sub}/tasks/1");
     let ok = g.get(
@@ -108,7 +95,7 @@ fn an_allowed_origin_can_read_proxied_and_gateway_made_responses() {
 
 #[test]
 fn a_cookie_authenticated_unsafe_request_from_a_foreign_origin_is_403_and_not_proxied() {
-    let g = Gateway::start(CONFIG, &[]);
+    let g = Gateway::start(&config(), &[]);
     let sub = new_sub();
     let path = format!("/api/{sub}/tasks/1");
     let cookie = format!("pc_tok={}", token_for(&sub));
@@ -156,7 +143,7 @@ fn a_cookie_authenticated_unsafe_request_from_a_foreign_origin_is_403_and_not_pr
 
 #[test]
 fn identity_endpoints_refuse_foreign_origins() {
-    let g = Gateway::start(CONFIG, &[]);
+    let g = Gateway::start(&config(), &[]);
     let body = br#"{"email":"csrf@example.com","password":"correct horse battery"}"#;
     let r = g.raw(&request_bytes(
         "POST",

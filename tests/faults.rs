@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::config::TestConfig;
 use common::db::{Cuttable, Db, Store};
 use common::*;
 use serde_json::{Value, json};
@@ -18,48 +19,19 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "correct horse battery";
 
 fn config(store_url: &str, upstream: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{{LISTEN}}"
-admin_listen = "{{ADMIN}}"
-grace_period_secs = 0
-
-[store]
-url = "{store_url}"
-
-[tokens]
-secret_env = "PORTCULLIS_TEST_SECRET"
-
-[cookie]
-name = "pc_tok"
-
-[password]
-bcrypt_cost = 10
-
-[rate_limit]
-per_ip_per_minute = 1000000
-failed_signins_per_email_per_minute = 1000000
-
-[[upstream]]
-name = "app"
-addrs = ["{upstream}"]
-connect_timeout_ms = 500
-read_timeout_ms = 3000
-{extra}
-
-[[route]]
-path = "/api/{{user_id}}/tasks/{{*rest}}"
-upstream = "app"
-auth = "required"
-owner = "user_id"
-
-[[route]]
-path = "/public/{{*rest}}"
-upstream = "app"
-auth = "public"
-"#
-    )
+    TestConfig::new()
+        .server("grace_period_secs = 0")
+        .store(store_url)
+        .fast_bcrypt()
+        .no_rate_limits()
+        .upstream(
+            "app",
+            &format!("\"{upstream}\""),
+            &["connect_timeout_ms = 500", "read_timeout_ms = 3000", extra],
+        )
+        .owner_route()
+        .route("/public/{*rest}", "app", "public", &[])
+        .build()
 }
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<Response, String> {

@@ -13,60 +13,31 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::config::TestConfig;
 use common::db::{Db, Store, on_both_stores};
 use common::*;
 use serde_json::{Value, json};
 
-const CONFIG: &str = r#"
-[server]
-listen = "{LISTEN}"
-admin_listen = "{ADMIN}"
-threads = 2
-grace_period_secs = 0
-
-[store]
-url = "{STORE}"
-
-[tokens]
-secret_env = "PORTCULLIS_TEST_SECRET"
-
-[cookie]
-name = "pc_tok"
-secure = false
-
-[password]
-bcrypt_cost = 10
-
-[rate_limit]
-per_ip_per_minute = 100000
-failed_signins_per_email_per_minute = 100000
-
-[[upstream]]
-name = "app"
-addrs = ["{UPSTREAM}"]
-connect_timeout_ms = 1000
-read_timeout_ms = 5000
-
-[[route]]
-path = "/api/{user_id}/tasks/{*rest}"
-upstream = "app"
-auth = "required"
-owner = "user_id"
-
-[[route]]
-path = "/public/{*rest}"
-upstream = "app"
-auth = "public"
-
-[[route]]
-path = "/req/{*rest}"
-upstream = "app"
-auth = "required"
-"#;
+/// The hostile tests' gateway: rate limits out of the way, an owner route, a public and a
+/// required one. `{STORE}` is each test's.
+fn config() -> String {
+    TestConfig::new()
+        .server("threads = 2")
+        .server("grace_period_secs = 0")
+        .store("{STORE}")
+        .cookie("secure = false")
+        .fast_bcrypt()
+        .no_rate_limits()
+        .app(&["connect_timeout_ms = 1000", "read_timeout_ms = 5000"])
+        .owner_route()
+        .route("/public/{*rest}", "app", "public", &[])
+        .route("/req/{*rest}", "app", "required", &[])
+        .build()
+}
 
 fn gateway() -> Gateway {
     Gateway::start_with(
-        CONFIG,
+        &config(),
         &[],
         &[("STORE", "sqlite://{DIR}/hostile.db".to_owned())],
     )
@@ -366,7 +337,7 @@ fn spawn_raw_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<
 fn request_trailers_never_reach_the_upstream() {
     let (raw, seen) = spawn_raw_upstream();
     let gw = Gateway::start_with(
-        &CONFIG.replace("{UPSTREAM}", &raw.to_string()),
+        &config().replace("{UPSTREAM}", &raw.to_string()),
         &[],
         &[("STORE", "sqlite://{DIR}/hostile.db".to_owned())],
     );
@@ -741,7 +712,7 @@ fn slow_header_senders_do_not_starve_other_clients() {
 /// A gateway whose clients get 1 s to send a request head.
 fn quick_head_gateway() -> Gateway {
     Gateway::start_with(
-        &CONFIG.replace(
+        &config().replace(
             "grace_period_secs = 0",
             "grace_period_secs = 0\nrequest_head_timeout_ms = 1000",
         ),
@@ -1142,7 +1113,7 @@ fn post_bytes(gw: &Gateway, path: &str, body: &[u8]) -> Response {
 
 fn identity_gateway(store: Store) -> (Gateway, Db) {
     let db = Db::new(store);
-    let gw = Gateway::start_with(CONFIG, &[], &[("STORE", db.url.clone())]);
+    let gw = Gateway::start_with(&config(), &[], &[("STORE", db.url.clone())]);
     (gw, db)
 }
 

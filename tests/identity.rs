@@ -6,46 +6,23 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::config::TestConfig;
 use common::db::{Cuttable, Db, Store, on_both_stores};
 use common::{Gateway, Response, assert_problem, request_bytes};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery";
 
-/// A gateway config with the identity endpoints, a protected owner route and a public route.
+/// A gateway config with the identity endpoints and a protected owner route.
 fn config(store_url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{{LISTEN}}"
-admin_listen = "{{ADMIN}}"
-grace_period_secs = 0
-
-[store]
-url = "{store_url}"
-
-[tokens]
-secret_env = "PORTCULLIS_TEST_SECRET"
-
-[cookie]
-name = "pc_tok"
-
-[password]
-bcrypt_cost = 10
-
-{extra}
-
-[[upstream]]
-name = "app"
-addrs = ["{{UPSTREAM}}"]
-
-[[route]]
-path = "/api/{{user_id}}/tasks/{{*rest}}"
-upstream = "app"
-auth = "required"
-owner = "user_id"
-"#
-    )
+    TestConfig::new()
+        .server("grace_period_secs = 0")
+        .store(store_url)
+        .fast_bcrypt()
+        .section(extra)
+        .app(&[])
+        .owner_route()
+        .build()
 }
 
 fn start(store: Store, extra: &str) -> (Gateway, Db) {

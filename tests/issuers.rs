@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::config::TestConfig;
 use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
@@ -269,42 +270,22 @@ fn ba_token(sub: &str) -> String {
 // the gateway
 // ---------------------------------------------------------------------------------------------
 
-const CONFIG: &str = r#"
-[server]
-listen = "{LISTEN}"
-admin_listen = "{ADMIN}"
-
-[store]
-url = "sqlite://{DIR}/p.db"
-
-[tokens]
-secret_env = "PORTCULLIS_TEST_SECRET"
-
-[cookie]
-name = "pc_tok"
-secure = false
-
-[[upstream]]
-name = "app"
-addrs = ["{UPSTREAM}"]
-
-[[route]]
-path = "/api/{user_id}/{*rest}"
-upstream = "app"
-auth = "required"
-owner = "user_id"
-
-[[route]]
-path = "/req/{*rest}"
-upstream = "app"
-auth = "required"
-
-[[route]]
-path = "/feed/{*rest}"
-upstream = "app"
-auth = "optional"
-
-[[issuer]]
+/// A gateway trusting the Better Auth issuer at `{JWKS}`, refreshing every `{REFRESH}` s and
+/// at most every `{MIN_REFRESH}` s, with an owner, a required and an optional route.
+fn config() -> String {
+    TestConfig::new()
+        .cookie("secure = false")
+        .app(&[])
+        .route(
+            "/api/{user_id}/{*rest}",
+            "app",
+            "required",
+            &["owner = \"user_id\""],
+        )
+        .route("/req/{*rest}", "app", "required", &[])
+        .route("/feed/{*rest}", "app", "optional", &[])
+        .section(
+            r#"[[issuer]]
 name = "better-auth"
 jwks_url = "{JWKS}"
 issuer = "https://app.example.test"
@@ -312,7 +293,10 @@ audience = "https://app.example.test"
 refresh_secs = {REFRESH}
 min_refresh_secs = {MIN_REFRESH}
 timeout_ms = 400
-"#;
+"#,
+        )
+        .build()
+}
 
 /// A gateway trusting the Better Auth issuer at `jwks_url`.
 fn gateway(jwks_url: &str, refresh: u64, min_refresh: u64) -> Gateway {
@@ -321,7 +305,7 @@ fn gateway(jwks_url: &str, refresh: u64, min_refresh: u64) -> Gateway {
 
 fn gateway_with(jwks_url: &str, refresh: u64, min_refresh: u64, extra: &str) -> Gateway {
     Gateway::start_with(
-        &format!("{CONFIG}\n{extra}"),
+        &format!("{}\n{extra}", config()),
         &[],
         &[
             ("JWKS", jwks_url.to_owned()),
@@ -1056,7 +1040,7 @@ fn an_https_jwks_is_trusted_only_behind_a_certificate_that_verifies() {
     let start = |ca: &str| {
         let ca = pki.path(ca).to_string_lossy().into_owned();
         Gateway::start_with(
-            CONFIG,
+            &config(),
             &[
                 ("SSL_CERT_FILE", ca.as_str()),
                 ("SSL_CERT_DIR", "/nonexistent"),

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use common::config::TestConfig;
 use common::{Gateway, Response, claims_with, hs256, request_bytes};
 use serde_json::{Map, Value, json};
 
@@ -465,33 +466,17 @@ fn problem_schema_is_strict() {
 // real answers
 // ---------------------------------------------------------------------------------------------
 
-fn config(store_url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{{LISTEN}}"
-admin_listen = "{{ADMIN}}"
-grace_period_secs = 0
-
-[store]
-url = "{store_url}"
-
-{extra}
-
-[password]
-bcrypt_cost = 10
-
-[[upstream]]
-name = "app"
-addrs = ["{{UPSTREAM}}"]
-
-[[route]]
-path = "/api/{{user_id}}/tasks/{{*rest}}"
-upstream = "app"
-auth = "required"
-owner = "user_id"
-"#
-    )
+/// `tokens`: the `[tokens]` section, and any section after it.
+fn config(store_url: &str, tokens: &str) -> String {
+    TestConfig::new()
+        .server("grace_period_secs = 0")
+        .store(store_url)
+        .tokens(tokens)
+        .default_cookie()
+        .fast_bcrypt()
+        .app(&[])
+        .owner_route()
+        .build()
 }
 
 const HS256_TOKENS: &str = r#"

@@ -12,46 +12,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::config::TestConfig;
 use common::{Gateway, Seen};
 use serde_json::Value;
 
-const CONFIG: &str = r#"
-[server]
-listen = "{LISTEN}"
-admin_listen = "{ADMIN}"
-grace_period_secs = 0
-
-[server.tls]
-cert_file = "{CERT}"
-key_file = "{KEY}"
-
-[store]
-url = "sqlite://{DIR}/tls.db"
-
-[tokens]
-secret_env = "PORTCULLIS_TEST_SECRET"
-
-[cookie]
-name = "pc_tok"
-
-[password]
-bcrypt_cost = 10
-
-[[upstream]]
-name = "app"
-addrs = ["{UPSTREAM}"]
-
-[[route]]
-path = "/api/{user_id}/tasks/{*rest}"
-upstream = "app"
-auth = "required"
-owner = "user_id"
-
-[[route]]
-path = "/public/{*rest}"
-upstream = "app"
-auth = "public"
-"#;
+/// A gateway serving TLS with `{CERT}` / `{KEY}`, an owner route and a public one.
+fn config() -> String {
+    TestConfig::new()
+        .server("grace_period_secs = 0")
+        .server_table("[server.tls]\ncert_file = \"{CERT}\"\nkey_file = \"{KEY}\"\n")
+        .store("sqlite://{DIR}/tls.db")
+        .fast_bcrypt()
+        .app(&[])
+        .owner_route()
+        .route("/public/{*rest}", "app", "public", &[])
+        .build()
+}
 
 // ---------------------------------------------------------------------------------------------
 // tools
@@ -147,7 +123,7 @@ impl Cert {
 }
 
 fn start(cert: &Cert) -> Gateway {
-    Gateway::start_with(CONFIG, &[], &cert.vars(&cert.key()))
+    Gateway::start_with(&config(), &[], &cert.vars(&cert.key()))
 }
 
 /// What curl reports about one exchange.
@@ -379,7 +355,7 @@ fn plain_http_to_the_tls_port_gets_no_http_response() {
     assert_eq!(x.code, "200", "{x:#?}");
 }
 
-/// `check-config` on `CONFIG` with these TLS files; returns (passed, stderr).
+/// `check-config` on `config()` with these TLS files; returns (passed, stderr).
 fn check_config(cert: &Cert, key: &Path) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut vars = cert.vars(key);
@@ -390,7 +366,7 @@ fn check_config(cert: &Cert, key: &Path) -> (bool, String) {
         ("UPSTREAM", "127.0.0.1:3000".to_string()),
     ]);
     let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, common::render(CONFIG, &vars)).unwrap();
+    std::fs::write(&path, common::render(&config(), &vars)).unwrap();
     let (status, _, stderr) = common::run_bin(
         &["check-config", "--config", path.to_str().unwrap()],
         &[(common::SECRET_ENV, common::SECRET)],
@@ -448,7 +424,7 @@ fn serve_refuses_to_start_with_a_bad_key_instead_of_running_without_its_listener
         ("UPSTREAM", common::dead_addr().to_string()),
     ]);
     let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, common::render(CONFIG, &vars)).unwrap();
+    std::fs::write(&path, common::render(&config(), &vars)).unwrap();
     let (status, _, stderr) = common::run_bin(
         &["serve", "--config", path.to_str().unwrap()],
         &[(common::SECRET_ENV, common::SECRET)],

@@ -128,6 +128,13 @@ impl TestConfig {
         self
     }
 
+    /// No `[cookie]` section: the contract's default cookie (`portcullis_token`, Secure, Strict).
+    #[must_use]
+    pub fn default_cookie(mut self) -> Self {
+        self.cookie.clear();
+        self
+    }
+
     /// `password.bcrypt_cost = 10`: the cheapest cost the config accepts, for tests that
     /// register and sign in.
     #[must_use]
@@ -204,7 +211,9 @@ impl TestConfig {
         }
         let _ = write!(out, "\n[store]\nurl = \"{}\"\n\n", self.store);
         out.push_str(&self.tokens);
-        let _ = write!(out, "\n[cookie]\n{}\n", self.cookie.join("\n"));
+        if !self.cookie.is_empty() {
+            let _ = write!(out, "\n[cookie]\n{}\n", self.cookie.join("\n"));
+        }
         for s in self
             .sections
             .iter()
