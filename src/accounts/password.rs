@@ -35,21 +35,37 @@ pub enum PoolError {
     Failed,
 }
 
-enum Job {
+/// One bcrypt run waiting for a worker.
+struct Job {
+    enqueued: std::time::Instant,
+    /// Set when a worker takes it: the caller then waits for the end.
+    started: Arc<AtomicBool>,
+    password: Vec<u8>,
+    work: Work,
+}
+
+enum Work {
     Hash {
-        enqueued: std::time::Instant,
-        started: Arc<AtomicBool>,
-        password: Vec<u8>,
         cost: u32,
         reply: oneshot::Sender<Result<String, PoolError>>,
     },
     Verify {
-        enqueued: std::time::Instant,
-        started: Arc<AtomicBool>,
-        password: Vec<u8>,
         hash: Arc<str>,
         reply: oneshot::Sender<Result<bool, PoolError>>,
     },
+}
+
+impl Job {
+    fn new(password: &[u8], work: Work) -> (Self, Arc<AtomicBool>) {
+        let started = Arc::new(AtomicBool::new(false));
+        let job = Self {
+            enqueued: std::time::Instant::now(),
+            started: Arc::clone(&started),
+            password: password.to_vec(),
+            work,
+        };
+        (job, started)
+    }
 }
 
 /// A bounded bcrypt worker pool.
@@ -107,14 +123,14 @@ impl PasswordPool {
 
     pub async fn hash(&self, password: &[u8]) -> Result<String, PoolError> {
         let (reply, rx) = oneshot::channel();
-        let started = Arc::new(AtomicBool::new(false));
-        self.submit(Job::Hash {
-            enqueued: std::time::Instant::now(),
-            started: Arc::clone(&started),
-            password: password.to_vec(),
-            cost: self.cost,
-            reply,
-        })?;
+        let (job, started) = Job::new(
+            password,
+            Work::Hash {
+                cost: self.cost,
+                reply,
+            },
+        );
+        self.submit(job)?;
         self.wait(rx, &started).await
     }
 
@@ -124,14 +140,8 @@ impl PasswordPool {
         let (reply, rx) = oneshot::channel();
         let known = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| Arc::clone(&self.dummy_hash), Arc::from);
-        let started = Arc::new(AtomicBool::new(false));
-        self.submit(Job::Verify {
-            enqueued: std::time::Instant::now(),
-            started: Arc::clone(&started),
-            password: password.to_vec(),
-            hash,
-            reply,
-        })?;
+        let (job, started) = Job::new(password, Work::Verify { hash, reply });
+        self.submit(job)?;
         let ok = self.wait(rx, &started).await?;
         Ok(ok && known)
     }
@@ -189,38 +199,19 @@ fn worker(rx: &std::sync::Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        match job {
-            Job::Hash {
-                enqueued,
-                started,
-                password,
-                cost,
-                reply,
-            } => {
-                started.store(true, Ordering::Release);
-                crate::ops::metrics::PASSWORD_WAIT_SECONDS
-                    .observe(enqueued.elapsed().as_secs_f64());
-                // A caller that gave up waiting no longer needs the work.
-                if !reply.is_closed() {
-                    let _ =
-                        reply.send(bcrypt::hash(&password, cost).map_err(|_| PoolError::Failed));
-                }
+        job.started.store(true, Ordering::Release);
+        crate::ops::metrics::PASSWORD_WAIT_SECONDS.observe(job.enqueued.elapsed().as_secs_f64());
+        // A caller that gave up waiting no longer needs the work.
+        match job.work {
+            Work::Hash { cost, reply } if !reply.is_closed() => {
+                let _ =
+                    reply.send(bcrypt::hash(&job.password, cost).map_err(|_| PoolError::Failed));
             }
-            Job::Verify {
-                enqueued,
-                started,
-                password,
-                hash,
-                reply,
-            } => {
-                started.store(true, Ordering::Release);
-                crate::ops::metrics::PASSWORD_WAIT_SECONDS
-                    .observe(enqueued.elapsed().as_secs_f64());
-                if !reply.is_closed() {
-                    let _ =
-                        reply.send(bcrypt::verify(&password, &hash).map_err(|_| PoolError::Failed));
-                }
+            Work::Verify { hash, reply } if !reply.is_closed() => {
+                let _ =
+                    reply.send(bcrypt::verify(&job.password, &hash).map_err(|_| PoolError::Failed));
             }
+            Work::Hash { .. } | Work::Verify { .. } => {}
         }
         crate::ops::metrics::PASSWORD_QUEUE_DEPTH.dec();
     }

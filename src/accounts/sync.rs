@@ -24,6 +24,7 @@ pub const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
 /// How often expired entries leave the in-memory snapshot.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+#[derive(Debug)]
 pub struct RevocationSync {
     pub store: SharedStore,
     /// Set when the store is Postgres: a `LISTEN` connection speeds convergence up.
@@ -31,12 +32,6 @@ pub struct RevocationSync {
     pub revocations: Arc<Revocations>,
     /// Read only: the log cannot be queried before the store is migrated.
     pub health: Arc<StoreHealth>,
-}
-
-impl std::fmt::Debug for RevocationSync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RevocationSync").finish_non_exhaustive()
-    }
 }
 
 #[async_trait]

@@ -37,6 +37,35 @@ pub struct Route {
     pub forward_token: bool,
 }
 
+impl Route {
+    /// A route to the first upstream, for unit tests of what holds routes.
+    #[cfg(test)]
+    pub(crate) fn for_test(pattern: &str, access: Access, owner: Option<&str>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            upstream: 0,
+            access,
+            owner: owner.map(Into::into),
+            forward_token: false,
+        }
+    }
+
+    /// Three routes that overlap as the contract allows: an owner route, a catch-all beside
+    /// it and a static path under the catch-all.
+    #[cfg(test)]
+    pub(crate) fn example_table() -> Vec<Self> {
+        vec![
+            Self::for_test(
+                "/api/{user_id}/tasks/{*rest}",
+                Access::Required,
+                Some("user_id"),
+            ),
+            Self::for_test("/api/{*rest}", Access::Public, None),
+            Self::for_test("/api/health", Access::Public, None),
+        ]
+    }
+}
+
 pub(super) fn validate(
     p: &mut Problems,
     raw: &[file::Route],
@@ -138,25 +167,11 @@ mod tests {
     use super::*;
 
     fn route(pattern: &str, access: Access, owner: Option<&str>) -> Route {
-        Route {
-            pattern: pattern.into(),
-            upstream: 0,
-            access,
-            owner: owner.map(Into::into),
-            forward_token: false,
-        }
+        Route::for_test(pattern, access, owner)
     }
 
     fn table() -> Vec<Route> {
-        vec![
-            route(
-                "/api/{user_id}/tasks/{*rest}",
-                Access::Required,
-                Some("user_id"),
-            ),
-            route("/api/{*rest}", Access::Public, None),
-            route("/api/health", Access::Public, None),
-        ]
+        Route::example_table()
     }
 
     #[test]

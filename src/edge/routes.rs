@@ -102,27 +102,8 @@ fn specificity(pattern: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn route(pattern: &str, access: Access, owner: Option<&str>) -> Route {
-        Route {
-            pattern: pattern.into(),
-            upstream: 0,
-            access,
-            owner: owner.map(Into::into),
-            forward_token: false,
-        }
-    }
-
     fn table() -> RouteTable {
-        RouteTable::new(&[
-            route(
-                "/api/{user_id}/tasks/{*rest}",
-                Access::Required,
-                Some("user_id"),
-            ),
-            route("/api/{*rest}", Access::Public, None),
-            route("/api/health", Access::Public, None),
-        ])
-        .unwrap()
+        RouteTable::new(&Route::example_table()).unwrap()
     }
 
     #[test]

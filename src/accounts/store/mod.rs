@@ -106,7 +106,7 @@ pub type SharedStore = Arc<dyn UserStore>;
 
 /// Applies the pending migrations of a store.
 #[async_trait]
-pub trait Migrate: Send + Sync {
+pub trait Migrate: Send + Sync + std::fmt::Debug {
     async fn migrate(&self) -> Result<(), StoreError>;
 }
 
@@ -131,19 +131,12 @@ impl StoreHealth {
 }
 
 /// A store opened from its URL, with the extra abilities its kind has.
+#[derive(Debug)]
 pub struct Opened {
     pub store: SharedStore,
     pub migrator: Arc<dyn Migrate>,
     /// Postgres only: a `LISTEN` connection for fast revocation news.
     pub listener: Option<Arc<dyn Listen>>,
-}
-
-impl std::fmt::Debug for Opened {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opened")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Opens the store named by `url` without connecting (a store down at start is no config
@@ -189,7 +182,7 @@ impl Listen for postgres::PostgresStore {
 
 /// A store that can push revocation news (Postgres `LISTEN`).
 #[async_trait]
-pub trait Listen: Send + Sync {
+pub trait Listen: Send + Sync + std::fmt::Debug {
     /// Sends `()` on every notification; returns when the connection drops.
     async fn listen(&self, notify: tokio::sync::mpsc::Sender<()>) -> Result<(), StoreError>;
 }

@@ -128,9 +128,12 @@ pub(crate) fn client_config(
         SslMode::VerifyFull => Verification::ChainAndName,
     };
     let verifier: Arc<dyn ServerCertVerifier> = match verification {
-        Verification::None => Arc::new(AcceptAnyCertificate { algorithms }),
-        Verification::Chain => Arc::new(ChainOnly {
-            roots: Arc::new(load_roots(root.unwrap_or(&RootCert::System))?),
+        Verification::None => Arc::new(LibpqVerifier {
+            roots: None,
+            algorithms,
+        }),
+        Verification::Chain => Arc::new(LibpqVerifier {
+            roots: Some(Arc::new(load_roots(root.unwrap_or(&RootCert::System))?)),
             algorithms,
         }),
         Verification::ChainAndName => {
@@ -171,57 +174,18 @@ fn load_roots(root: &RootCert) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// `prefer` / `require` without a root: encrypt, check the handshake signature against the
-/// presented certificate, but do not judge the certificate itself (libpq does the same).
+/// The two verifiers of libpq's ladder that rustls does not have. Without `roots` (`prefer`,
+/// `require` without a root): encrypt, check the handshake signature against the presented
+/// certificate, but do not judge the certificate itself (libpq does the same). With `roots`
+/// (`verify-ca`, and `require` with a root): the chain must lead to a trusted root and be valid
+/// now; the host name is not compared. `verify-full` is rustls' own `WebPkiServerVerifier`.
 #[derive(Debug)]
-struct AcceptAnyCertificate {
+struct LibpqVerifier {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` (and `require` with a root): the chain must lead to a trusted root and be
-/// valid now; the host name is not compared.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -230,14 +194,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 

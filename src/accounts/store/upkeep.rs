@@ -18,17 +18,12 @@ use crate::clock::unix_now;
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+#[derive(Debug)]
 pub struct StoreUpkeep {
     pub store: SharedStore,
     /// Set when migrations are still to be applied (`auto_migrate` and the store was down).
     pub migrator: Option<Arc<dyn Migrate>>,
     pub health: Arc<StoreHealth>,
-}
-
-impl std::fmt::Debug for StoreUpkeep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreUpkeep").finish_non_exhaustive()
-    }
 }
 
 #[async_trait]
