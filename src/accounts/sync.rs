@@ -15,14 +15,13 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::accounts::store::upkeep::PRUNE_EVERY;
 use crate::accounts::store::{Cursor, Listen, SharedStore, StoreHealth};
 use crate::authn::revocation::Revocations;
 use crate::clock::unix_now;
 
 /// How often a replica asks the store for revocations it may have missed.
 pub const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
-/// How often expired entries leave the in-memory snapshot.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct RevocationSync {

@@ -179,12 +179,9 @@ mod tests {
     }
 
     fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build(method, b"/api/x", None).unwrap();
-        r.append_header("host", "gw.example.com").unwrap();
-        for (n, v) in headers {
-            r.append_header(n.to_string(), *v).unwrap();
-        }
-        r
+        let mut all = vec![("host", "gw.example.com")];
+        all.extend_from_slice(headers);
+        crate::edge::test_request(method, "/api/x", &all)
     }
 
     #[test]

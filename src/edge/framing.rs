@@ -77,13 +77,7 @@ pub fn check(req: &RequestHeader) -> Result<(), FramingError> {
 mod tests {
     use super::*;
 
-    fn req(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("POST", b"/x", None).unwrap();
-        for (n, v) in headers {
-            r.append_header(n.to_string(), *v).unwrap();
-        }
-        r
-    }
+    use crate::edge::test_request;
 
     #[test]
     fn plain_framing_passes() {
@@ -94,7 +88,7 @@ mod tests {
             &[("Transfer-Encoding", "Chunked")][..],
             &[("transfer-encoding", " chunked\t")][..],
         ] {
-            assert_eq!(check(&req(h)), Ok(()), "{h:?}");
+            assert_eq!(check(&test_request("POST", "/x", h)), Ok(()), "{h:?}");
         }
     }
 
@@ -105,14 +99,20 @@ mod tests {
         assert_eq!(check(&r), Err(FramingError::TargetTooLong));
         let big = "v".repeat(MAX_HEADER_LINE_BYTES);
         assert_eq!(
-            check(&req(&[("x-big", &big)])),
+            check(&test_request("POST", "/x", &[("x-big", &big)])),
             Err(FramingError::HeaderTooLong)
         );
         let ok = "v".repeat(MAX_HEADER_LINE_BYTES - 20);
-        assert_eq!(check(&req(&[("x-big", &ok)])), Ok(()));
+        assert_eq!(
+            check(&test_request("POST", "/x", &[("x-big", &ok)])),
+            Ok(())
+        );
         let pad = "p".repeat(10_000);
         let many: Vec<(&str, &str)> = (0..7).map(|_| ("x-pad", pad.as_str())).collect();
-        assert_eq!(check(&req(&many)), Err(FramingError::HeadTooLarge));
+        assert_eq!(
+            check(&test_request("POST", "/x", &many)),
+            Err(FramingError::HeadTooLarge)
+        );
     }
 
     #[test]
@@ -148,7 +148,7 @@ mod tests {
                 UnclearTransferEncoding,
             ),
         ] {
-            assert_eq!(check(&req(h)), Err(e), "{h:?}");
+            assert_eq!(check(&test_request("POST", "/x", h)), Err(e), "{h:?}");
         }
     }
 }

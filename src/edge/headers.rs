@@ -247,11 +247,7 @@ mod tests {
     use super::*;
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-        for (n, v) in headers {
-            r.append_header(n.to_string(), *v).unwrap();
-        }
-        r
+        crate::edge::test_request("GET", "/", headers)
     }
 
     #[test]

@@ -16,3 +16,18 @@ pub mod proxy;
 pub mod route_metrics;
 pub mod routes;
 pub mod upstream;
+
+/// A request head for the unit tests of the edge's modules: `method`, `target`, and the
+/// headers in order.
+#[cfg(test)]
+pub(crate) fn test_request(
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> pingora::http::RequestHeader {
+    let mut r = pingora::http::RequestHeader::build(method, target.as_bytes(), None).unwrap();
+    for (n, v) in headers {
+        r.append_header(n.to_string(), *v).unwrap();
+    }
+    r
+}

@@ -16,7 +16,9 @@ use crate::clock::unix_now;
 
 /// How often the store is asked whether it answers (readiness follows within this).
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often revocations that protect nothing any more are dropped: from the store's log
+/// here, from the in-memory snapshot by the sync.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct StoreUpkeep {
