@@ -306,6 +306,17 @@ impl From<MintError> for Problem {
     }
 }
 
+/// A reply body that would not serialise (our own structs of strings and numbers: a bug).
+#[derive(Debug)]
+pub struct Unserialisable(pub serde_json::Error);
+
+impl From<Unserialisable> for Problem {
+    fn from(e: Unserialisable) -> Self {
+        tracing::error!(cause = %e.0, "a reply body did not serialise");
+        Self::new(Code::Internal)
+    }
+}
+
 impl From<FramingError> for Problem {
     fn from(e: FramingError) -> Self {
         tracing::debug!(reason = ?e, "request head refused");

@@ -21,7 +21,7 @@ use crate::accounts::store::{SharedStore, StoreHealth, User};
 use crate::authn::Authenticator;
 use crate::authn::issue::{Minted, TokenIssuer};
 use crate::config;
-use crate::problem::{Code, Problem};
+use crate::problem::{Code, Problem, Unserialisable};
 
 /// Everything the endpoints need, built once at start.
 #[derive(Debug)]
@@ -171,9 +171,9 @@ impl<'a> UserBody<'a> {
 }
 
 fn json(value: &impl Serialize) -> Result<Bytes, Problem> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|_| Problem::new(Code::Internal))
+    Ok(Bytes::from(
+        serde_json::to_vec(value).map_err(Unserialisable)?,
+    ))
 }
 
 /// The answer for a freshly authenticated user: body and cookie.
