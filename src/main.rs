@@ -56,14 +56,14 @@ fn main() -> ExitCode {
             Err(problems) => report(&problems),
         },
         Command::Serve { config } => {
-            init_logging();
+            let _logs = portcullis::ops::logging::init();
             match config::load(&config, &ProcessEnv) {
                 Ok(c) => serve(&c),
                 Err(problems) => report(&problems),
             }
         }
         Command::Migrate { config } => {
-            init_logging();
+            let _logs = portcullis::ops::logging::init();
             let loaded = match config::load(&config, &ProcessEnv) {
                 Ok(c) => c,
                 Err(problems) => return report(&problems),
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo => {
-            init_logging();
+            let _logs = portcullis::ops::logging::init();
             let echo = portcullis::demo::echo::spawn();
             match portcullis::demo::config(echo) {
                 Ok(c) => {
@@ -109,28 +109,4 @@ fn report(problems: &[String]) -> ExitCode {
         eprintln!("error: {p}");
     }
     ExitCode::FAILURE
-}
-
-/// Pingora's crates log whole request headers at debug (a forwarded Bearer token among them):
-/// they never go below info, whatever `RUST_LOG` asks.
-const PINGORA_CLAMPS: [&str; 4] = [
-    "pingora_proxy=info",
-    "pingora_core=info",
-    "pingora_http=info",
-    "pingora_load_balancing=info",
-];
-
-/// JSON lines on stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for clamp in PINGORA_CLAMPS {
-        filter = filter.add_directive(clamp.parse().expect("static directive"));
-    }
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_current_span(false)
-        .init();
 }
