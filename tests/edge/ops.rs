@@ -236,3 +236,64 @@ fn database_url_overrides_store_url() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A log consumer that stops reading (a stalled shipper, a full pipe) must not stop the
+/// gateway: stderr is a pipe nobody reads, and 10000 requests later (more access lines than
+/// the pipe and the log queue hold) every one has been answered; what did not fit is counted.
+#[test]
+fn a_stalled_log_reader_never_stops_the_gateway() {
+    let upstream = Upstream::spawn();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = render(
+        &TestConfig::new()
+            .app(&[])
+            .route("/public/{*rest}", "app", "public", &[])
+            .build(),
+        &[
+            ("LISTEN", listen.to_string()),
+            ("ADMIN", admin.to_string()),
+            ("DIR", dir.path().to_string_lossy().into_owned()),
+            ("UPSTREAM", upstream.addr.to_string()),
+        ],
+    );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env(SECRET_ENV, SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped()) // held, never read
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while try_get(admin, "/healthz").is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    for i in 0..10_000 {
+        let r = try_get(listen, &format!("/public/{i}"))
+            .unwrap_or_else(|e| panic!("request {i} after {:?}: {e}", started.elapsed()));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let metrics = get(admin, "/metrics", &[]).text();
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("the dropped-lines counter is exposed");
+    eprintln!(
+        "10000 requests with stderr never read: {:?}, {dropped} log lines dropped",
+        started.elapsed()
+    );
+    assert!(
+        dropped > 0,
+        "neither a pipe nor the 8192-line queue holds 10000 access lines: some must be dropped"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
