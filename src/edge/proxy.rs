@@ -222,6 +222,11 @@ async fn respond(
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules. Pingora installs a response-compression module by default, at
+    /// level 0 (disabled), whose context it still builds and consults on every request; the
+    /// gateway compresses nothing (docs/PERFORMANCE.md, optimisation 9).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         let mut ctx = RequestCtx::new();
         ctx.in_flight = Some(self.in_flight.enter());
