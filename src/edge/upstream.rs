@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{LoadBalancer, health_check::TcpHealthCheck};
+use pingora::lb::{Backend, LoadBalancer, health_check::TcpHealthCheck};
 use pingora::prelude::HttpPeer;
 use pingora::services::background::{GenBackgroundService, background_service};
 
@@ -18,6 +18,9 @@ pub struct Upstream {
     connect_timeout: Duration,
     read_timeout: Duration,
     pub forward_token: bool,
+    /// The only address of a one-address upstream, and its peer built once: a request asks
+    /// its health and nothing else (no selection, no peer built per request).
+    single: Option<(Backend, HttpPeer)>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -34,17 +37,32 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 impl Upstream {
     /// The next healthy peer, or `None` when every address is down.
     pub fn peer(&self) -> Option<Box<HttpPeer>> {
+        if let Some((backend, peer)) = &self.single {
+            return self
+                .balancer
+                .backends()
+                .ready(backend)
+                .then(|| Box::new(peer.clone()));
+        }
         let backend = self.balancer.select(b"", 256)?;
-        let addr = *backend.addr.as_inet()?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(self.connect_timeout);
-        o.total_connection_timeout = Some(self.connect_timeout);
-        o.read_timeout = Some(self.read_timeout);
-        o.write_timeout = Some(self.read_timeout);
-        o.idle_timeout = Some(IDLE_TIMEOUT);
-        Some(Box::new(peer))
+        Some(Box::new(self.peer_for(*backend.addr.as_inet()?)))
     }
+
+    fn peer_for(&self, addr: std::net::SocketAddr) -> HttpPeer {
+        peer_for(addr, self.connect_timeout, self.read_timeout)
+    }
+}
+
+/// The peer settings every connection to an upstream address uses.
+fn peer_for(addr: std::net::SocketAddr, connect: Duration, read: Duration) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(connect);
+    o.total_connection_timeout = Some(connect);
+    o.read_timeout = Some(read);
+    o.write_timeout = Some(read);
+    o.idle_timeout = Some(IDLE_TIMEOUT);
+    peer
 }
 
 /// The background service that keeps one upstream's health current.
@@ -61,6 +79,14 @@ pub fn build(configs: &[config::Upstream]) -> Result<(Vec<Upstream>, Vec<HealthC
         check.peer_template.options.connection_timeout = Some(c.connect_timeout);
         lb.set_health_check(check);
         lb.health_check_frequency = Some(c.health_check_interval);
+        let single = match c.addrs.as_slice() {
+            [addr] => Some((
+                Backend::new(&addr.to_string())
+                    .map_err(|e| format!("upstream `{}`: {e}", c.name))?,
+                peer_for(*addr, c.connect_timeout, c.read_timeout),
+            )),
+            _ => None,
+        };
         let service = background_service(&format!("health check {}", c.name), lb);
         upstreams.push(Upstream {
             name: c.name.clone(),
@@ -68,6 +94,7 @@ pub fn build(configs: &[config::Upstream]) -> Result<(Vec<Upstream>, Vec<HealthC
             connect_timeout: c.connect_timeout,
             read_timeout: c.read_timeout,
             forward_token: c.forward_token,
+            single,
         });
         services.push(service);
     }
