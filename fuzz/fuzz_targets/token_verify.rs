@@ -23,8 +23,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use libfuzzer_sys::fuzz_target;
-use portcullis::fuzzing::{self, AUDIENCE, ISSUER, LEEWAY_SECS, Verified};
 use portcullis::authn::{Alg, KeySet};
+use portcullis::fuzzing::{self, AUDIENCE, ISSUER, LEEWAY_SECS, Verified};
 use serde_json::Value;
 
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/keys/");
