@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Drives a real Chromium through the gateway at <base-url>:
 //   node e2e/run.mjs http://127.0.0.1:8080
-// It opens <base-url>/app/ (src/echo.rs APP_PAGE, served by the echo upstream), clicks through register,
+// It opens <base-url>/app/ (src/demo/echo.rs APP_PAGE, served by the echo upstream), clicks through register,
 // sign-in, document.cookie, the owner route, sign-out and the owner route again, and checks
 // every result the page shows, plus what only the browser knows: the auth cookie is HttpOnly,
 // SameSite=Strict and Secure; the page sent no Authorization header and stored nothing; a
