@@ -60,14 +60,8 @@ private_key_file = "{KEYS}/ed25519.pem"
 kid = "k1"
 "#;
 
-const HS_TOKENS: &str = r#"[tokens]
-algorithm = "HS256"
-secret_env = "PORTCULLIS_TEST_SECRET"
-ttl_secs = 3600
-issuer = "portcullis"
-audience = "portcullis"
-leeway_secs = 30
-"#;
+/// HS256 with the test secret: the shared section every test gateway uses.
+const HS_TOKENS: &str = common::config::HS256;
 
 /// Result of one `check-config` run.
 #[derive(Debug)]

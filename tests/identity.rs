@@ -383,6 +383,45 @@ fn signin_and_register_are_rate_limited_per_ip(store: Store) {
     assert!((1..=60).contains(&retry));
 }
 
+/// CONTRACT section 2, `rate_limit.trusted_proxies`: behind a trusted proxy the right-most
+/// `X-Forwarded-For` entry is the client the per-IP limit counts; from anyone else the header
+/// counts for nothing. The limiter is the same for both stores, so SQLite alone.
+#[test]
+fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
+    let attempt = |g: &Gateway, client: &str| {
+        post_json(
+            g,
+            "/api/v1/auth/signin",
+            &json!({"email": email(), "password": PASSWORD}),
+            &[("X-Forwarded-For", client)],
+        )
+        .status
+    };
+    // The tests' own address, 127.0.0.1, is inside the trusted network.
+    let (behind, _db) = start(
+        Store::Sqlite,
+        "[rate_limit]\nper_ip_per_minute = 2\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    );
+    for _ in 0..2 {
+        assert_ne!(attempt(&behind, "198.51.100.7, 203.0.113.1"), 429);
+    }
+    assert_eq!(
+        attempt(&behind, "198.51.100.7, 203.0.113.1"),
+        429,
+        "the same client"
+    );
+    assert_ne!(attempt(&behind, "203.0.113.2"), 429, "another client");
+
+    let (direct, _db) = start(Store::Sqlite, "[rate_limit]\nper_ip_per_minute = 2\n");
+    assert_ne!(attempt(&direct, "203.0.113.1"), 429);
+    assert_ne!(attempt(&direct, "203.0.113.2"), 429);
+    assert_eq!(
+        attempt(&direct, "203.0.113.3"),
+        429,
+        "an untrusted peer's X-Forwarded-For names no one: all three came from 127.0.0.1"
+    );
+}
+
 fn failed_signins_are_rate_limited_per_email(store: Store) {
     let (g, _db) = start(
         store,
@@ -420,16 +459,8 @@ fn unknown_identity_paths_and_methods_are_404(store: Store) {
 
 fn readyz_is_200_once_the_store_answers(store: Store) {
     let (g, _db) = start(store, "");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = common::get(g.admin, "/readyz", &[]);
-        if r.status == 200 {
-            assert_eq!(r.json()["store"], true, "{}", r.text());
-            break;
-        }
-        assert!(Instant::now() < deadline, "not ready: {}", r.text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let r = g.wait_ready(Duration::from_secs(5), "not ready");
+    assert_eq!(r.json()["store"], true, "{}", r.text());
 }
 
 fn passwords_and_tokens_never_reach_the_logs(store: Store) {

@@ -348,9 +348,7 @@ fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
 /// Waits until the issuer's first fetch succeeded (`/readyz` 200).
 #[track_caller]
 fn wait_ready(gw: &Gateway) {
-    wait_for("/readyz 200", Duration::from_secs(10), || {
-        readyz(gw).status == 200
-    });
+    gw.wait_ready(Duration::from_secs(10), "timed out waiting for /readyz 200");
 }
 
 // ---------------------------------------------------------------------------------------------

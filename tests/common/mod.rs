@@ -361,6 +361,15 @@ pub fn spawn_hanging_upstream() -> SocketAddr {
 // the gateway process
 // ---------------------------------------------------------------------------------------------
 
+/// Where a test gateway's stderr goes.
+#[derive(Debug, Clone, Copy)]
+enum Stderr {
+    /// `stderr.log` in its directory ([`Gateway::stderr`]).
+    File,
+    /// A pipe nobody reads.
+    UnreadPipe,
+}
+
 /// A running `portcullis serve`, killed on drop.
 #[derive(Debug)]
 pub struct Gateway {
@@ -389,6 +398,14 @@ impl Gateway {
         Self::start_with(config_toml, extra_env, &[])
     }
 
+    /// Like [`Gateway::start`], with stderr a pipe that nobody ever reads (a stalled log
+    /// consumer); [`Gateway::stderr`] is then empty.
+    pub fn start_with_unread_stderr(config_toml: &str) -> Gateway {
+        let upstream = config_toml.contains("{UPSTREAM}").then(Upstream::spawn);
+        Self::try_start(config_toml, &[], &[], upstream, Stderr::UnreadPipe)
+            .unwrap_or_else(|e| panic!("gateway did not start:\n{e}"))
+    }
+
     /// Like [`Gateway::start`], with extra placeholder values (`{NAME}` → value).
     pub fn start_with(
         config_toml: &str,
@@ -398,7 +415,7 @@ impl Gateway {
         let upstream = config_toml.contains("{UPSTREAM}").then(Upstream::spawn);
         let mut last_err = String::new();
         for _attempt in 0..2 {
-            match Self::try_start(config_toml, extra_env, vars, upstream.clone()) {
+            match Self::try_start(config_toml, extra_env, vars, upstream.clone(), Stderr::File) {
                 Ok(g) => return g,
                 Err(e) => last_err = e,
             }
@@ -411,6 +428,7 @@ impl Gateway {
         extra_env: &[(&str, &str)],
         vars: &[(&str, String)],
         upstream: Option<Upstream>,
+        stderr_to: Stderr,
     ) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -430,7 +448,11 @@ impl Gateway {
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, &config).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let stderr = match stderr_to {
+            Stderr::File => Stdio::from(std::fs::File::create(&stderr_path).expect("stderr file")),
+            // Held by the child handle, never read.
+            Stderr::UnreadPipe => Stdio::piped(),
+        };
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
 
         let mut cmd = Command::new(bin());
@@ -482,6 +504,26 @@ impl Gateway {
                 );
                 return Err(err); // Drop kills it
             }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (at most `within`) for `/readyz` to answer 200 and returns that answer; `what`
+    /// says in the failure why it should have.
+    #[track_caller]
+    pub fn wait_ready(&self, within: Duration, what: &str) -> Response {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = get(self.admin, "/readyz", &[]);
+            if r.status == 200 {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: readyz {} {}",
+                r.status,
+                r.text()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }

@@ -13,20 +13,10 @@ fn admin_healthz_is_200() {
 #[test]
 fn admin_readyz_is_200_with_a_reachable_store() {
     let gw = hs_gateway();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = get(gw.admin, "/readyz", &[]);
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readyz never 200 with a local SQLite store: {} {}",
-            r.status,
-            r.text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    gw.wait_ready(
+        Duration::from_secs(10),
+        "readyz never 200 with a local SQLite store",
+    );
 }
 
 #[test]
@@ -221,20 +211,10 @@ fn database_url_overrides_store_url() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/override.db", dir.path().display());
     let gw = Gateway::start(&cfg, &[("DATABASE_URL", url.as_str())]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = get(gw.admin, "/readyz", &[]);
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "DATABASE_URL must override store.url: readyz {} {}",
-            r.status,
-            r.text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    gw.wait_ready(
+        Duration::from_secs(10),
+        "DATABASE_URL must override store.url",
+    );
 }
 
 /// A log consumer that stops reading (a stalled shipper, a full pipe) must not stop the
@@ -242,38 +222,13 @@ fn database_url_overrides_store_url() {
 /// the pipe and the log queue hold) every one has been answered; what did not fit is counted.
 #[test]
 fn a_stalled_log_reader_never_stops_the_gateway() {
-    let upstream = Upstream::spawn();
-    let dir = tempfile::tempdir().unwrap();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let text = render(
+    let gw = Gateway::start_with_unread_stderr(
         &TestConfig::new()
             .app(&[])
             .route("/public/{*rest}", "app", "public", &[])
             .build(),
-        &[
-            ("LISTEN", listen.to_string()),
-            ("ADMIN", admin.to_string()),
-            ("DIR", dir.path().to_string_lossy().into_owned()),
-            ("UPSTREAM", upstream.addr.to_string()),
-        ],
     );
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut child = std::process::Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env(SECRET_ENV, SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped()) // held, never read
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while try_get(admin, "/healthz").is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (listen, admin) = (gw.addr, gw.admin);
     let started = Instant::now();
     for i in 0..10_000 {
         let r = try_get(listen, &format!("/public/{i}"))
@@ -294,6 +249,4 @@ fn a_stalled_log_reader_never_stops_the_gateway() {
         dropped > 0,
         "neither a pipe nor the 8192-line queue holds 10000 access lines: some must be dropped"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

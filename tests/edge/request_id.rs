@@ -87,6 +87,23 @@ fn request_id_is_on_gateway_made_responses() {
         ),
         ("/nowhere".into(), vec![], 404),
         ("/public/%2F".into(), vec![], 400),
+        // Refused before the header policy ran: the framing guard and the credential check.
+        (
+            "/public/x".into(),
+            vec![
+                ("Content-Length", "0".into()),
+                ("Content-Length", "0".into()),
+            ],
+            400,
+        ),
+        (
+            "/req/x".into(),
+            vec![
+                ("Authorization", format!("Bearer {t}")),
+                ("Authorization", format!("Bearer {t}")),
+            ],
+            400,
+        ),
         (
             format!("/api/{other}/tasks/x"),
             vec![("Authorization", format!("Bearer {t}"))],
