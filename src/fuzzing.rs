@@ -60,8 +60,8 @@ pub fn signer_and_keys(
 ) -> Result<(TokenIssuer, KeySet), String> {
     use config::{KeyForm, KeyMaterial};
     let kid = kid.map(str::to_owned);
-    let mut verify_keys = vec![KeyMaterial {
-        kid: kid.clone(),
+    let signing = KeyMaterial {
+        kid,
         form: if alg.is_symmetric() {
             KeyForm::Secret
         } else {
@@ -69,24 +69,24 @@ pub fn signer_and_keys(
         },
         bytes: material.to_vec(),
         source: "signing key".to_owned(),
-    }];
-    for (prev_kid, pem) in previous {
-        verify_keys.push(KeyMaterial {
+    };
+    let previous = previous
+        .iter()
+        .map(|(prev_kid, pem)| KeyMaterial {
             kid: Some((*prev_kid).to_owned()),
             form: KeyForm::PublicPem,
             bytes: pem.to_vec(),
             source: format!("previous key {prev_kid}"),
-        });
-    }
+        })
+        .collect();
     let tokens = config::Tokens {
         alg,
-        kid,
         ttl,
         issuer: ISSUER.to_owned(),
         audience: AUDIENCE.to_owned(),
         leeway_secs: LEEWAY_SECS,
-        signing_material: material.to_vec(),
-        verify_keys,
+        signing,
+        previous,
     };
     let issuer = TokenIssuer::new(&tokens)?;
     let set = KeySet::from_config(&tokens).map_err(|p| p.join("; "))?;

@@ -48,7 +48,7 @@ struct Claims<'a> {
 
 impl TokenIssuer {
     pub fn new(t: &config::Tokens) -> Result<Self, String> {
-        let m = &t.signing_material;
+        let m = &t.signing.bytes;
         let (alg, key) = match t.alg {
             Alg::HS256 => (Algorithm::HS256, Ok(EncodingKey::from_secret(m))),
             Alg::EdDSA => (Algorithm::EdDSA, EncodingKey::from_ed_pem(m)),
@@ -57,7 +57,7 @@ impl TokenIssuer {
         };
         let key = key.map_err(|e| format!("tokens: cannot load the signing key: {e}"))?;
         let mut header = Header::new(alg);
-        header.kid.clone_from(&t.kid);
+        header.kid.clone_from(&t.signing.kid);
         Ok(Self {
             header,
             key,

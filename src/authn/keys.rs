@@ -251,8 +251,8 @@ impl KeySet {
     pub fn from_config(t: &crate::config::Tokens) -> Result<Self, Vec<String>> {
         use crate::config::KeyForm;
         let mut problems = Vec::new();
-        let mut keys = Vec::with_capacity(t.verify_keys.len());
-        for m in &t.verify_keys {
+        let mut keys = Vec::with_capacity(1 + t.previous.len());
+        for m in t.verify_keys() {
             let parsed = match m.form {
                 KeyForm::Secret => Ok(VerifyKey::hmac(m.kid.clone(), &m.bytes)),
                 KeyForm::PrivatePem => VerifyKey::from_private_pem(m.kid.clone(), t.alg, &m.bytes),

@@ -120,24 +120,31 @@ impl Alg {
 /// How new tokens are minted, and the keys they are verified with.
 pub struct Tokens {
     pub alg: Alg,
-    pub kid: Option<String>,
     pub ttl: Duration,
     pub issuer: String,
     pub audience: String,
     pub leeway_secs: u64,
-    /// The HS256 secret or the PKCS#8 PEM of the private key. Never printed.
-    pub signing_material: Vec<u8>,
-    /// What tokens are verified with: the signing key first, then `previous_keys`.
-    pub verify_keys: Vec<KeyMaterial>,
+    /// What new tokens are signed with (the HS256 secret or the PKCS#8 PEM of the private
+    /// key, and the `kid` they carry); its verifying half is trusted first.
+    pub signing: KeyMaterial,
+    /// Retired keys, still trusted (`previous_keys`).
+    pub previous: Vec<KeyMaterial>,
+}
+
+impl Tokens {
+    /// Every key a token may be verified with: the signing key first, then the retired ones.
+    pub fn verify_keys(&self) -> impl Iterator<Item = &KeyMaterial> {
+        std::iter::once(&self.signing).chain(&self.previous)
+    }
 }
 
 impl fmt::Debug for Tokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokens")
             .field("alg", &self.alg)
-            .field("kid", &self.kid)
             .field("ttl", &self.ttl)
-            .field("verify_keys", &self.verify_keys)
+            .field("signing", &self.signing)
+            .field("previous", &self.previous)
             .finish_non_exhaustive()
     }
 }
@@ -529,60 +536,61 @@ fn tokens(p: &mut Problems, raw: &file::Tokens, env: &dyn Env) -> Option<Tokens>
         }
     }
 
-    let mut keys = Vec::new();
-    let signing_material = signing_key(p, raw, alg, env, &mut keys);
-    for (i, prev) in raw.previous_keys.iter().enumerate() {
-        if let Some(k) = previous_key(p, &format!("tokens.previous_keys[{i}]"), prev, alg, env) {
-            keys.push(k);
-        }
-    }
-    let mut kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+    let signing = signing_key(p, raw, alg, env);
+    let previous: Vec<KeyMaterial> = raw
+        .previous_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, prev)| {
+            previous_key(p, &format!("tokens.previous_keys[{i}]"), prev, alg, env)
+        })
+        .collect();
+    let mut kids: Vec<&str> = signing
+        .iter()
+        .chain(&previous)
+        .filter_map(|k| k.kid.as_deref())
+        .collect();
     kids.sort_unstable();
     if kids.windows(2).any(|w| w[0] == w[1]) {
         p.add("tokens: every kid must be unique across the signing key and previous_keys");
     }
 
+    let signing = signing?;
     if p.0.len() != before {
         return None;
     }
     Some(Tokens {
         alg,
-        kid: raw.kid.clone(),
         ttl: Duration::from_secs(raw.ttl_secs),
         issuer: raw.issuer.clone(),
         audience: raw.audience.clone(),
         leeway_secs: raw.leeway_secs,
-        signing_material,
-        verify_keys: keys,
+        signing,
+        previous,
     })
 }
 
-/// The signing key's verifying half goes into `keys`; returns the signing material.
+/// The signing key as the config names it, or `None` (with the problems added).
 fn signing_key(
     p: &mut Problems,
     raw: &file::Tokens,
     alg: Alg,
     env: &dyn Env,
-    keys: &mut Vec<KeyMaterial>,
-) -> Vec<u8> {
+) -> Option<KeyMaterial> {
     if alg.is_symmetric() {
         if raw.private_key_file.is_some() {
             p.add("tokens.private_key_file is for EdDSA / ES256 / RS256; HS256 uses tokens.secret_env");
         }
         let Some(var) = raw.secret_env.as_deref() else {
             p.add("tokens.secret_env is required for HS256");
-            return Vec::new();
+            return None;
         };
-        let Some(secret) = secret(p, "tokens.secret_env", var, env) else {
-            return Vec::new();
-        };
-        keys.push(KeyMaterial {
+        return Some(KeyMaterial {
             kid: raw.kid.clone(),
             form: KeyForm::Secret,
-            bytes: secret.clone(),
+            bytes: secret(p, "tokens.secret_env", var, env)?,
             source: "tokens.secret_env".to_owned(),
         });
-        return secret;
     }
     if raw.secret_env.is_some() {
         p.add(format!(
@@ -598,18 +606,14 @@ fn signing_key(
             "tokens.private_key_file is required for {}",
             alg.as_str()
         ));
-        return Vec::new();
+        return None;
     };
-    let Some(pem) = readable(p, "tokens.private_key_file", file) else {
-        return Vec::new();
-    };
-    keys.push(KeyMaterial {
+    Some(KeyMaterial {
         kid: raw.kid.clone(),
         form: KeyForm::PrivatePem,
-        bytes: pem.clone(),
+        bytes: readable(p, "tokens.private_key_file", file)?,
         source: format!("tokens.private_key_file `{file}`"),
-    });
-    pem
+    })
 }
 
 /// A retired key, still accepted for verification.
