@@ -45,11 +45,12 @@ impl Upstream {
                 .then(|| Box::new(peer.clone()));
         }
         let backend = self.balancer.select(b"", 256)?;
-        Some(Box::new(self.peer_for(*backend.addr.as_inet()?)))
-    }
-
-    fn peer_for(&self, addr: std::net::SocketAddr) -> HttpPeer {
-        peer_for(addr, self.connect_timeout, self.read_timeout)
+        let addr = *backend.addr.as_inet()?;
+        Some(Box::new(peer_for(
+            addr,
+            self.connect_timeout,
+            self.read_timeout,
+        )))
     }
 }
 
