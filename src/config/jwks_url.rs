@@ -2,8 +2,9 @@
 
 use rustls::pki_types::ServerName;
 
-/// Where a JWKS lives: a validated `http(s)://host[:port]/path` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a JWKS lives: a validated `http(s)://host[:port]/path` URL. Its query string may carry
+/// an API key: logs and `Debug` show [`JwksUrl::shown`], never the query.
+#[derive(Clone, PartialEq, Eq)]
 pub struct JwksUrl {
     pub url: String,
     pub tls: bool,
@@ -15,7 +16,18 @@ pub struct JwksUrl {
     pub path_and_query: String,
 }
 
+impl std::fmt::Debug for JwksUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("JwksUrl").field(&self.shown()).finish()
+    }
+}
+
 impl JwksUrl {
+    /// The URL without its query string, for logs.
+    pub fn shown(&self) -> &str {
+        self.url.split('?').next().unwrap_or_default()
+    }
+
     /// Parses and checks a `jwks_url`. `https` for any host; plain `http` only for a loopback
     /// host (local development, tests): a JWKS fetched in the clear could be swapped for keys
     /// that sign anything.
@@ -80,6 +92,17 @@ fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_query_string_stays_out_of_logs_and_debug() {
+        let t = JwksUrl::parse("https://idp.example.com/jwks?api_key=s3cret").unwrap();
+        assert_eq!(t.shown(), "https://idp.example.com/jwks");
+        assert!(!format!("{t:?}").contains("s3cret"));
+        assert_eq!(
+            t.path_and_query, "/jwks?api_key=s3cret",
+            "still fetched with it"
+        );
+    }
 
     #[test]
     fn urls_https_anywhere_http_only_on_loopback() {

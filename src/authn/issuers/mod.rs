@@ -248,8 +248,7 @@ impl ExternalIssuer {
         if n == 1 || n.is_multiple_of(10) {
             tracing::warn!(
                 issuer = %self.conf.name,
-                // Without the query string: a JWKS URL may carry an API key there.
-                url = %self.conf.jwks_url.url.split('?').next().unwrap_or_default(),
+                url = %self.conf.jwks_url.shown(),
                 failures_in_a_row = n,
                 error = %detail,
                 "JWKS fetch failed; keeping the last good keys"
