@@ -113,8 +113,10 @@ impl Gateway {
             Verdict::Refuse(why) => return Err(Problem::new(Code::Forbidden).detail(why)),
         }
         if let Some(endpoint) = endpoint {
+            // A wrong method or an unknown endpoint is 404 whatever the credential, as before.
+            let endpoint = endpoint?;
             let token = credential.token()?.map(Bytes::copy_from_slice);
-            return Ok(Decision::Identity(endpoint?, token));
+            return Ok(Decision::Identity(endpoint, token));
         }
 
         // 5. Route, or 404 without ever reaching an upstream (`routes`).
