@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// The token as a Bearer header and as the auth cookie.
+fn both_ways(token: &str) -> [(&'static str, String); 2] {
+    [
+        ("Authorization", format!("Bearer {token}")),
+        ("Cookie", format!("pc_tok={token}")),
+    ]
+}
+
 const SPOOF: &[(&str, &str)] = &[
     ("X-User-Id", "spoofed-1"),
     ("x-user-id", "spoofed-2"),
@@ -66,10 +74,7 @@ fn spoofed_user_headers_never_reach_upstream_on_optional_route() {
     let sub = new_sub();
     let c = claims(&sub);
     let email = email_of(&c);
-    for cred in [
-        ("Authorization", format!("Bearer {}", hs256(&c))),
-        ("Cookie", format!("pc_tok={}", hs256(&c))),
-    ] {
+    for cred in both_ways(&hs256(&c)) {
         let r = spoofed_request(&gw, "/opt/x", Some(cred));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_no_spoof(&r.seen(), Some((&sub, Some(&email))));
@@ -86,10 +91,7 @@ fn spoofed_user_headers_never_reach_upstream_on_required_route() {
     let sub = new_sub();
     let c = claims(&sub);
     let email = email_of(&c);
-    for cred in [
-        ("Authorization", format!("Bearer {}", hs256(&c))),
-        ("Cookie", format!("pc_tok={}", hs256(&c))),
-    ] {
+    for cred in both_ways(&hs256(&c)) {
         let r = spoofed_request(&gw, "/req/x", Some(cred));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_no_spoof(&r.seen(), Some((&sub, Some(&email))));
