@@ -1,15 +1,20 @@
 //! The side-by-side load harness: `cargo bench --bench load`.
 //!
 //! In one run it starts a fast upstream (nginx returning a fixed body), Portcullis (release
-//! build) with HS256 and with EdDSA, and HAProxy verifying HS256 with the peer config, then
-//! measures with `wrk`, alternating targets round by round and reporting medians:
-//! the upstream direct, Portcullis on a public route, on a required route with HS256, with
-//! EdDSA, and HAProxy. It also measures the gateway's RSS holding 1000 idle keep-alive
-//! connections. The table goes to stdout and to `docs/PERFORMANCE.md` with the machine.
+//! build) with HS256 and with EdDSA, each at one and two worker threads and at the default log
+//! level (`info`, an access line per request, read off a pipe) and at `warn`, and HAProxy
+//! verifying HS256 with the peer config at one and two threads. It measures with `wrk`,
+//! alternating targets round by round and reporting medians: first the CPU time each proxy
+//! process spends per request (`cpu.rs`) for the public route, the required route with HS256
+//! and with EdDSA, and HAProxy; then, at two threads and the default log level, throughput and
+//! latency beside the upstream direct, latency at a fixed rate, a sign-in flood, and the RSS
+//! holding 1000 idle keep-alive connections. The tables go to stdout and to
+//! `docs/PERFORMANCE.md` with the machine.
 //!
 //! Needs `nginx`, `haproxy` and `wrk` on PATH (Debian: nginx-light, haproxy, wrk); it says so
 //! and exits non-zero when one is missing. Knobs (environment): `LOAD_SECONDS` (5),
-//! `LOAD_ROUNDS` (3), `LOAD_CONNECTIONS` (64), `LOAD_THREADS` (2).
+//! `LOAD_ROUNDS` (3), `LOAD_CONNECTIONS` (64), `LOAD_THREADS` (2), `LOAD_SOAK_SECONDS` (60);
+//! `LOAD_ONLY=cpu` runs the CPU section alone and prints it without touching the document.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -19,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod client;
+mod cpu;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -135,8 +141,32 @@ struct Gw {
     admin: u16,
 }
 
-fn start_portcullis(dir: &Path, name: &str, port: u16, upstream: u16, tokens: &str) -> Gw {
+/// How a gateway under test runs: worker threads and log level (`None`: the default, `info`,
+/// which writes an access line per request; what users run).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    threads: u64,
+    log: Option<&'static str>,
+}
+
+impl Run {
+    /// What users run: two threads (one per core here), the default log level.
+    const DEFAULT: Self = Self {
+        threads: 2,
+        log: None,
+    };
+}
+
+fn start_portcullis(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    upstream: u16,
+    tokens: &str,
+    run: Run,
+) -> Gw {
     let admin = free_port();
+    let threads = run.threads;
     let conf = dir.join(format!("{name}.toml"));
     std::fs::write(
         &conf,
@@ -145,7 +175,7 @@ fn start_portcullis(dir: &Path, name: &str, port: u16, upstream: u16, tokens: &s
 [server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
-threads = 2
+threads = {threads}
 grace_period_secs = 0
 [store]
 url = "sqlite://{dir}/{name}.db"
@@ -172,14 +202,19 @@ auth = "public"
     )
     .unwrap();
     let bin = manifest().join("target/release/portcullis");
-    let child = Command::new(bin)
-        .args(["serve", "--config", conf.to_str().unwrap()])
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config", conf.to_str().unwrap()])
         .env("LOAD_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(level) = run.log {
+        cmd.env("RUST_LOG", level);
+    }
+    let mut child = cmd
         .spawn()
         .expect("portcullis release binary (cargo build --release)");
+    drain(child.stderr.take().expect("piped stderr"));
     wait_port(port, "portcullis");
     Gw {
         proc: Proc(child),
@@ -187,7 +222,16 @@ auth = "public"
     }
 }
 
-fn start_haproxy(dir: &Path, port: u16, upstream: u16) -> Proc {
+/// Reads a gateway's log lines and throws them away, as a log shipper (journald, a container
+/// runtime) would: the access lines cost their formatting and their write, as in production.
+fn drain(mut stderr: std::process::ChildStderr) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        while matches!(stderr.read(&mut buf), Ok(n) if n > 0) {}
+    });
+}
+
+fn start_haproxy(dir: &Path, port: u16, upstream: u16, threads: u64) -> Proc {
     let shared = manifest().join("../shared/peers/haproxy-jwt.cfg");
     let cfg = if shared.exists() {
         shared
@@ -199,7 +243,7 @@ fn start_haproxy(dir: &Path, port: u16, upstream: u16) -> Proc {
         .env("HAP_LISTEN", format!("127.0.0.1:{port}"))
         .env("HAP_UPSTREAM", format!("127.0.0.1:{upstream}"))
         .env("HAP_SECRET", SECRET)
-        .env("HAP_THREADS", "2")
+        .env("HAP_THREADS", threads.to_string())
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -211,6 +255,8 @@ fn start_haproxy(dir: &Path, port: u16, upstream: u16) -> Proc {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Sample {
+    /// Requests wrk completed.
+    requests: u64,
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -251,7 +297,9 @@ fn wrk(url: &str, token: Option<&str>, secs: u64, conns: u64, threads: u64) -> S
     let mut s = Sample::default();
     for line in text.lines() {
         let l = line.trim();
-        if let Some(v) = l.strip_prefix("Requests/sec:") {
+        if let Some((n, _)) = l.split_once(" requests in ") {
+            s.requests = n.trim().parse().unwrap_or(0);
+        } else if let Some(v) = l.strip_prefix("Requests/sec:") {
             s.rps = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = l.strip_prefix("50%") {
             s.p50_ms = parse_ms(v);
@@ -525,6 +573,7 @@ fn soak(pid: u32, url: &str, token: &str, secs: u64) -> Soak {
 
 /// Everything one run measured.
 struct Results<'a> {
+    cpu: (&'a [cpu::Target], Vec<cpu::Row>),
     names: Vec<&'a str>,
     med: Vec<Sample>,
     rss: (f64, f64, usize),
@@ -702,6 +751,11 @@ fn write_report(res: &Results, knobs: Knobs) {
         threads,
     } = knobs;
     let mut body = String::new();
+    cpu::section(res.cpu.0, &res.cpu.1, secs, rounds, &mut body);
+    let _ = writeln!(
+        body,
+        "\nThroughput and latency at two threads and the default log level, `wrk -t{threads} -c{conns} -d{secs}s`:\n"
+    );
     throughput_section(res, &mut body);
     flood_and_soak_section(res, &mut body);
     body.push('\n');
@@ -739,6 +793,102 @@ fn new_upstream_per_1000(admin: u16) -> f64 {
     new * 1000.0 / (new + reused)
 }
 
+/// Every proxy process of the run: Portcullis with HS256 and with EdDSA at one and two worker
+/// threads and at the default log level and `warn`, HAProxy at one and two threads.
+struct Matrix {
+    /// (name, run, process, port) of each gateway.
+    gateways: Vec<(&'static str, u64, Option<&'static str>, Gw, u16)>,
+    /// (threads, process, port) of each HAProxy.
+    haproxies: Vec<(u64, Proc, u16)>,
+    targets: Vec<cpu::Target>,
+}
+
+impl Matrix {
+    fn start(dir: &Path, up: u16, api: &str, hs: &str, ed: &str) -> Self {
+        let ed_pem = manifest().join("tests/fixtures/keys/ed25519.pem");
+        let ed_tokens = format!(
+            "[tokens]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"{}\"\nkid = \"load\"\n",
+            ed_pem.display()
+        );
+        let mut m = Self {
+            gateways: Vec::new(),
+            haproxies: Vec::new(),
+            targets: Vec::new(),
+        };
+        for threads in [1, 2] {
+            for (log, label) in [(None, cpu::DEFAULT_LOG), (Some("warn"), "warn")] {
+                let run = Run { threads, log };
+                let tag = format!("t{threads}-{}", log.unwrap_or("default"));
+                let hs_tokens = "[tokens]\nsecret_env = \"LOAD_SECRET\"\n";
+                for (alg, tokens) in [("hs", hs_tokens), ("ed", ed_tokens.as_str())] {
+                    let port = free_port();
+                    let gw = start_portcullis(dir, &format!("{alg}-{tag}"), port, up, tokens, run);
+                    let pid = gw.proc.0.id();
+                    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+                    if alg == "hs" {
+                        m.targets.push(cpu::Target {
+                            name: cpu::PUBLIC,
+                            threads,
+                            log: label,
+                            url: url("/public/x"),
+                            token: None,
+                            pid,
+                        });
+                        m.targets.push(cpu::Target {
+                            name: cpu::REQUIRED_HS256,
+                            threads,
+                            log: label,
+                            url: url(api),
+                            token: Some(hs.to_owned()),
+                            pid,
+                        });
+                    } else {
+                        m.targets.push(cpu::Target {
+                            name: cpu::REQUIRED_EDDSA,
+                            threads,
+                            log: label,
+                            url: url(api),
+                            token: Some(ed.to_owned()),
+                            pid,
+                        });
+                    }
+                    m.gateways.push((alg, threads, log, gw, port));
+                }
+            }
+            let port = free_port();
+            let hap = start_haproxy(dir, port, up, threads);
+            m.targets.push(cpu::Target {
+                name: cpu::HAPROXY,
+                threads,
+                log: "—",
+                url: format!("http://127.0.0.1:{port}{api}"),
+                token: Some(hs.to_owned()),
+                pid: hap.0.id(),
+            });
+            m.haproxies.push((threads, hap, port));
+        }
+        m
+    }
+
+    /// The gateway `alg` ("hs" or "ed") running as `run`, and its port.
+    fn gateway(&self, alg: &str, run: Run) -> (&Gw, u16) {
+        self.gateways
+            .iter()
+            .find(|(a, t, l, _, _)| *a == alg && *t == run.threads && *l == run.log)
+            .map(|(_, _, _, gw, port)| (gw, *port))
+            .expect("the matrix runs every gateway")
+    }
+
+    /// The port of HAProxy at `threads`.
+    fn haproxy(&self, threads: u64) -> u16 {
+        self.haproxies
+            .iter()
+            .find(|(t, _, _)| *t == threads)
+            .map(|(_, _, port)| *port)
+            .expect("the matrix runs HAProxy at one and two threads")
+    }
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets with `--test`/`--bench` flags in test mode:
     // do nothing then, the harness is for `cargo bench --bench load` only.
@@ -766,28 +916,21 @@ fn main() {
     let (hs, ed) = tokens(dir.path());
     let up = free_port();
     let _nginx = start_nginx(dir.path(), up);
-    let (p_hs, p_ed, p_hap) = (free_port(), free_port(), free_port());
-    let gw_hs = start_portcullis(
-        dir.path(),
-        "hs",
-        p_hs,
-        up,
-        "[tokens]\nsecret_env = \"LOAD_SECRET\"\n",
-    );
-    let ed_pem = manifest().join("tests/fixtures/keys/ed25519.pem");
-    let _gw_ed = start_portcullis(
-        dir.path(),
-        "ed",
-        p_ed,
-        up,
-        &format!(
-            "[tokens]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"{}\"\nkid = \"load\"\n",
-            ed_pem.display()
-        ),
-    );
-    let _hap = start_haproxy(dir.path(), p_hap, up);
-
     let api = format!("/api/{SUB}/tasks/1");
+    let matrix = Matrix::start(dir.path(), up, &api, &hs, &ed);
+    let cpu_rows = cpu::measure(&matrix.targets, k.secs, k.rounds);
+    if std::env::var("LOAD_ONLY").as_deref() == Ok("cpu") {
+        let mut out = String::new();
+        cpu::section(&matrix.targets, &cpu_rows, k.secs, k.rounds, &mut out);
+        println!("{out}");
+        return;
+    }
+    // The throughput, latency, flood and memory sections measure what users run: two
+    // threads, the default log level.
+    let (gw_hs, p_hs) = matrix.gateway("hs", Run::DEFAULT);
+    let (_, p_ed) = matrix.gateway("ed", Run::DEFAULT);
+    let p_hap = matrix.haproxy(2);
+
     let required = format!("http://127.0.0.1:{p_hs}{api}");
     let targets: Vec<(&str, String, Option<&str>)> = vec![
         (
@@ -796,24 +939,25 @@ fn main() {
             None,
         ),
         (
-            "portcullis public route",
+            cpu::PUBLIC,
             format!("http://127.0.0.1:{p_hs}/public/x"),
             None,
         ),
-        ("portcullis required, HS256", required.clone(), Some(&hs)),
+        (cpu::REQUIRED_HS256, required.clone(), Some(&hs)),
         (
-            "portcullis required, EdDSA",
+            cpu::REQUIRED_EDDSA,
             format!("http://127.0.0.1:{p_ed}{api}"),
             Some(&ed),
         ),
         (
-            "haproxy jwt_verify HS256",
+            cpu::HAPROXY,
             format!("http://127.0.0.1:{p_hap}{api}"),
             Some(&hs),
         ),
     ];
     let med = measure(&targets, k);
     let new_upstream_per_1000 = new_upstream_per_1000(gw_hs.admin);
+    let gw_pid = gw_hs.proc.0.id();
 
     let rate_targets = [
         ("upstream direct (nginx)", up, client::get(&api, None)),
@@ -830,10 +974,11 @@ fn main() {
     ];
     let at_rate = at_fixed_rate(&rate_targets, med[2].rps / 2.0, k);
     let flood = under_flood(p_hs, &required, &hs, k);
-    let rss = rss_with_idle_connections(gw_hs.proc.0.id(), p_hs, 1000);
-    let soak = soak(gw_hs.proc.0.id(), &required, &hs, soak_secs);
+    let rss = rss_with_idle_connections(gw_pid, p_hs, 1000);
+    let soak = soak(gw_pid, &required, &hs, soak_secs);
 
     let results = Results {
+        cpu: (&matrix.targets, cpu_rows),
         names: targets.iter().map(|t| t.0).collect(),
         med,
         rss,
