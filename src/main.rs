@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// With `--features mimalloc`: mimalloc instead of glibc malloc. Under load glibc's
-/// malloc/free are a tenth of the CPU profile; mimalloc buys about 10% throughput for about
-/// 19 MiB more RSS, which breaks the 1000-idle-connection memory target, so it is opt-in
-/// (docs/PERFORMANCE.md).
+/// mimalloc instead of glibc malloc (the default feature `mimalloc`): under load glibc's
+/// malloc/free were a tenth of the CPU profile and its arena locks met between worker threads
+/// freeing each other's memory; mimalloc frees across threads without a lock. Built with
+/// `no_thp`, so that its arenas are not backed by transparent huge pages, which held 20 MiB
+/// more (docs/PERFORMANCE.md, optimisation 12).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -244,32 +244,7 @@ pub fn init() {
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> Vec<u8> {
-    sync_dropped_log_lines();
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
     out
-}
-
-/// The log writer's own count of dropped lines, read when `/metrics` is scraped.
-static DROPPED_LOG_LINES: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
-
-/// Makes [`LOG_LINES_DROPPED`] follow the log writer's count (the first writer installed wins).
-pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCounter) {
-    let _ = DROPPED_LOG_LINES.set(counter);
-}
-
-fn sync_dropped_log_lines() {
-    // Two scrapes at once must not both add the same lines (a scrape, never a request, waits).
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(counter) = DROPPED_LOG_LINES.get() {
-        let dropped = u64::try_from(counter.dropped_lines()).unwrap_or(u64::MAX);
-        let counted = LOG_LINES_DROPPED.get();
-        if dropped > counted {
-            LOG_LINES_DROPPED.inc_by(dropped - counted);
-        }
-    }
 }
