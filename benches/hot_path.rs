@@ -140,6 +140,7 @@ auth = "public"
         cors: parts.cors,
         identity: None,
         in_flight: std::sync::Arc::default(),
+        server_timing: false,
     };
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

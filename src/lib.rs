@@ -130,6 +130,7 @@ fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
         cors,
         identity: Some(identity),
         in_flight: Arc::clone(&in_flight),
+        server_timing: config.server_timing,
     };
 
     // The proxy, with a deadline for every request head (Pingora has none: `deadline`).

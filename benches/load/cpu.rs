@@ -188,12 +188,23 @@ pub fn section(targets: &[Target], rows: &[Row], secs: u64, rounds: u64, out: &m
             }
         }
     }
+    if let (Some(off), Some(on)) = (
+        find(targets, rows, REQUIRED_HS256, 2, DEFAULT_LOG),
+        find(targets, rows, REQUIRED_HS256_TIMED, 2, DEFAULT_LOG),
+    ) {
+        ratios.push(vec![
+            format!("required HS256 CPU / with Server-Timing on, 2 threads, log {DEFAULT_LOG}"),
+            format!("{:.3}", off.cpu_us / on.cpu_us),
+            "≥ 0.95 (cheap enough to leave on)".into(),
+        ]);
+    }
     out.push('\n');
     table(out, &["ratio", "measured", "target"], &ratios);
 }
 
 pub const PUBLIC: &str = "portcullis public route";
 pub const REQUIRED_HS256: &str = "portcullis required, HS256";
+pub const REQUIRED_HS256_TIMED: &str = "portcullis required, HS256, Server-Timing on";
 pub const REQUIRED_EDDSA: &str = "portcullis required, EdDSA";
 pub const HAPROXY: &str = "haproxy jwt_verify HS256";
 /// The label of the default log level in the table.

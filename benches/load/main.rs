@@ -141,12 +141,13 @@ struct Gw {
     admin: u16,
 }
 
-/// How a gateway under test runs: worker threads and log level (`None`: the default, `info`,
-/// which writes an access line per request; what users run).
+/// How a gateway under test runs: worker threads, log level (`None`: the default, `info`,
+/// which writes an access line per request; what users run) and `server.server_timing`.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     threads: u64,
     log: Option<&'static str>,
+    server_timing: bool,
 }
 
 impl Run {
@@ -154,6 +155,7 @@ impl Run {
     const DEFAULT: Self = Self {
         threads: 2,
         log: None,
+        server_timing: false,
     };
 }
 
@@ -167,6 +169,7 @@ fn start_portcullis(
 ) -> Gw {
     let admin = free_port();
     let threads = run.threads;
+    let server_timing = run.server_timing;
     let conf = dir.join(format!("{name}.toml"));
     std::fs::write(
         &conf,
@@ -177,6 +180,7 @@ listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
 threads = {threads}
 grace_period_secs = 0
+server_timing = {server_timing}
 [store]
 url = "sqlite://{dir}/{name}.db"
 {tokens}
@@ -793,6 +797,10 @@ fn new_upstream_per_1000(admin: u16) -> f64 {
     new * 1000.0 / (new + reused)
 }
 
+fn hs_tokens() -> &'static str {
+    "[tokens]\nsecret_env = \"LOAD_SECRET\"\n"
+}
+
 /// Every proxy process of the run: Portcullis with HS256 and with EdDSA at one and two worker
 /// threads and at the default log level and `warn`, HAProxy at one and two threads.
 struct Matrix {
@@ -817,10 +825,13 @@ impl Matrix {
         };
         for threads in [1, 2] {
             for (log, label) in [(None, cpu::DEFAULT_LOG), (Some("warn"), "warn")] {
-                let run = Run { threads, log };
+                let run = Run {
+                    threads,
+                    log,
+                    server_timing: false,
+                };
                 let tag = format!("t{threads}-{}", log.unwrap_or("default"));
-                let hs_tokens = "[tokens]\nsecret_env = \"LOAD_SECRET\"\n";
-                for (alg, tokens) in [("hs", hs_tokens), ("ed", ed_tokens.as_str())] {
+                for (alg, tokens) in [("hs", hs_tokens()), ("ed", ed_tokens.as_str())] {
                     let port = free_port();
                     let gw = start_portcullis(dir, &format!("{alg}-{tag}"), port, up, tokens, run);
                     let pid = gw.proc.0.id();
@@ -854,6 +865,24 @@ impl Matrix {
                     }
                     m.gateways.push((alg, threads, log, gw, port));
                 }
+            }
+            if threads == 2 {
+                // What `Server-Timing` costs (CONTRACT 15): the default run with it on.
+                let run = Run {
+                    server_timing: true,
+                    ..Run::DEFAULT
+                };
+                let port = free_port();
+                let gw = start_portcullis(dir, "hs-timed", port, up, hs_tokens(), run);
+                m.targets.push(cpu::Target {
+                    name: cpu::REQUIRED_HS256_TIMED,
+                    threads,
+                    log: cpu::DEFAULT_LOG,
+                    url: format!("http://127.0.0.1:{port}{api}"),
+                    token: Some(hs.to_owned()),
+                    pid: gw.proc.0.id(),
+                });
+                m.gateways.push(("hs-timed", threads, None, gw, port));
             }
             let port = free_port();
             let hap = start_haproxy(dir, port, up, threads);

@@ -39,6 +39,8 @@ pub struct Server {
     pub grace_period_secs: u64,
     /// Milliseconds a client has to send a complete request head (see `deadline`).
     pub request_head_timeout_ms: u64,
+    /// A `Server-Timing` header with the gateway's own time on every response (CONTRACT 15).
+    pub server_timing: bool,
     pub tls: Option<Tls>,
 }
 
@@ -50,6 +52,7 @@ impl Default for Server {
             threads: 2,
             grace_period_secs: 10,
             request_head_timeout_ms: 10_000,
+            server_timing: false,
             tls: None,
         }
     }

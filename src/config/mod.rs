@@ -32,6 +32,8 @@ pub struct Config {
     pub grace_period: Duration,
     /// How long a client has to send a complete request head (`crate::edge::deadline`).
     pub request_head_timeout: Duration,
+    /// `Server-Timing` on every response (`crate::edge::timing`).
+    pub server_timing: bool,
     pub tls: Option<TlsFiles>,
     pub store: Store,
     pub tokens: Tokens,
@@ -417,6 +419,7 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
                 threads: raw.server.threads,
                 grace_period: Duration::from_secs(raw.server.grace_period_secs),
                 request_head_timeout: Duration::from_millis(raw.server.request_head_timeout_ms),
+                server_timing: raw.server.server_timing,
                 tls,
                 store,
                 tokens,

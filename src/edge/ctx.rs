@@ -6,6 +6,7 @@ use http::HeaderValue;
 
 use crate::authn::Verified;
 use crate::edge::drain::InFlightGuard;
+use crate::edge::timing::Timing;
 use crate::problem::Code;
 
 #[derive(Debug)]
@@ -22,8 +23,8 @@ pub struct RequestCtx {
     pub rejection: Option<Code>,
     /// The request's `Origin` when it is an allowed frontend: responses are made readable to it.
     pub cors_origin: Option<HeaderValue>,
-    /// When the upstream was chosen (for the upstream time histogram).
-    pub upstream_started: Option<Instant>,
+    /// Time spent in admission and upstream (the upstream histogram, `Server-Timing`).
+    pub timing: Timing,
     /// Counts this request as in flight until it ends (graceful shutdown waits for it).
     pub in_flight: Option<InFlightGuard>,
 }
@@ -39,7 +40,7 @@ impl RequestCtx {
             rejection: None,
             in_flight: None,
             cors_origin: None,
-            upstream_started: None,
+            timing: Timing::default(),
         }
     }
 }

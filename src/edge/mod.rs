@@ -3,8 +3,8 @@
 //! the framing guard (`framing`), one canonical path (`crate::path`, on the ground floor because
 //! config checks route patterns with it too), the header policy (`headers`: strip, request id,
 //! credential, inject), CORS (`cors`), the route table (`routes`) and its metric handles
-//! (`route_metrics`), the load-balanced upstreams (`upstream`), and the in-flight count graceful
-//! shutdown waits for (`drain`).
+//! (`route_metrics`), the load-balanced upstreams (`upstream`), the in-flight count graceful
+//! shutdown waits for (`drain`), and the opt-in `Server-Timing` of each response (`timing`).
 
 pub mod cors;
 pub mod ctx;
@@ -15,6 +15,7 @@ pub mod headers;
 pub mod proxy;
 pub mod route_metrics;
 pub mod routes;
+pub mod timing;
 pub mod upstream;
 
 /// A request head for the unit tests of the edge's modules: `method`, `target`, and the

@@ -41,6 +41,8 @@ pub struct Gateway {
     pub in_flight: Arc<crate::edge::drain::InFlight>,
     /// Metric handles per route, resolved at start (see [`crate::edge::route_metrics::TableMetrics`]).
     pub metrics: crate::edge::route_metrics::TableMetrics,
+    /// `server.server_timing`: a `Server-Timing` header on every response (`timing`).
+    pub server_timing: bool,
 }
 
 /// What the gateway does with a request after looking at its header.
@@ -191,10 +193,10 @@ impl Gateway {
     }
 }
 
-/// Marks every response the client gets (made here or by the upstream) with the request id
-/// and, for an allowed frontend, the CORS headers. A request refused before its request id
-/// was read gets it here.
-fn decorate(resp: &mut ResponseHeader, req: &RequestHeader, ctx: &mut RequestCtx) {
+/// Marks every response the client gets (made here or by the upstream) with the request id,
+/// for an allowed frontend the CORS headers and, when on, `Server-Timing`. A request refused
+/// before its request id was read gets it here.
+fn decorate(resp: &mut ResponseHeader, req: &RequestHeader, ctx: &mut RequestCtx, timing: bool) {
     let id = ctx
         .request_id
         .get_or_insert_with(|| headers::request_id(req));
@@ -202,16 +204,20 @@ fn decorate(resp: &mut ResponseHeader, req: &RequestHeader, ctx: &mut RequestCtx
     if let Some(origin) = &ctx.cors_origin {
         crate::edge::cors::decorate(resp, origin.clone());
     }
+    if timing {
+        ctx.timing.write(resp, ctx.started);
+    }
 }
 
 /// Writes a gateway-made response.
 async fn respond(
     session: &mut Session,
     ctx: &mut RequestCtx,
+    timing: bool,
     mut head: Box<ResponseHeader>,
     body: Bytes,
 ) -> Result<()> {
-    decorate(&mut head, session.req_header(), ctx);
+    decorate(&mut head, session.req_header(), ctx, timing);
     // A request body we never read would be taken for the next request: close instead.
     if !session.is_body_empty() {
         session.set_keepalive(None);
@@ -236,7 +242,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let admitting = self.server_timing.then(std::time::Instant::now);
         let decision = self.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
+        if let Some(t) = admitting {
+            ctx.timing.auth = t.elapsed();
+        }
         // The head is in, and its deadline no longer applies: a proxied body keeps Pingora's
         // timeouts. An identity body, read here, must arrive within the same deadline.
         let deadline = HeadDeadline::of(session.as_downstream().stream());
@@ -248,7 +258,7 @@ impl ProxyHttp for Gateway {
         match decision {
             Decision::Proxy => Ok(false),
             Decision::Respond(head, body) => {
-                respond(session, ctx, head, body).await?;
+                respond(session, ctx, self.server_timing, head, body).await?;
                 Ok(true)
             }
             Decision::Identity(endpoint, token) => {
@@ -269,7 +279,7 @@ impl ProxyHttp for Gateway {
                         p.response()
                     }
                 };
-                respond(session, ctx, Box::new(head), body).await?;
+                respond(session, ctx, self.server_timing, Box::new(head), body).await?;
                 Ok(true)
             }
         }
@@ -284,7 +294,7 @@ impl ProxyHttp for Gateway {
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         let upstream = &self.upstreams[self.routes.routes()[route].upstream];
-        ctx.upstream_started = Some(std::time::Instant::now());
+        ctx.timing.upstream_chosen(std::time::Instant::now());
         upstream.peer().ok_or_else(|| {
             Error::explain(
                 ErrorType::HTTPStatus(502),
@@ -327,11 +337,11 @@ impl ProxyHttp for Gateway {
         _response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(started) = ctx.upstream_started.take() {
+        if let Some(took) = ctx.timing.upstream_answered(std::time::Instant::now()) {
             self.metrics
                 .route(ctx.route)
                 .upstream_seconds
-                .observe(started.elapsed().as_secs_f64());
+                .observe(took.as_secs_f64());
         }
         Ok(())
     }
@@ -342,7 +352,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        decorate(response, session.req_header(), ctx);
+        decorate(response, session.req_header(), ctx, self.server_timing);
         Ok(())
     }
 
@@ -361,7 +371,7 @@ impl ProxyHttp for Gateway {
         ctx.rejection = Some(problem.code);
         let (head, body) = problem.response();
         let status = head.status.as_u16();
-        if let Err(write) = respond(session, ctx, Box::new(head), body).await {
+        if let Err(write) = respond(session, ctx, self.server_timing, Box::new(head), body).await {
             tracing::debug!(error = %write, "could not send the error response");
         }
         FailToProxy {

@@ -180,7 +180,8 @@ impl Seen {
 }
 
 /// A test upstream: answers every request with 200 and the echo JSON, and records what it saw.
-/// A request header `x-test-delay-ms: N` makes it wait N ms before answering.
+/// A request header `x-test-delay-ms: N` makes it wait N ms before answering;
+/// `x-test-server-timing: V` makes it answer with `server-timing: V`.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -306,32 +307,42 @@ fn serve_echo(stream: TcpStream, log: &Mutex<Vec<Seen>>) {
         let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let delay = find("x-test-delay-ms").and_then(|v| v.parse::<u64>().ok());
         let seen = Seen {
-            method: method.clone(),
-            path: path.clone(),
-            headers: headers.clone(),
+            method,
+            path,
+            headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         };
+        let resp = echo_response(&seen, close);
         log.lock().unwrap().push(seen);
         if let Some(ms) = delay {
             thread::sleep(Duration::from_millis(ms));
         }
-        let payload = json!({
-            "method": method,
-            "path": path,
-            "headers": headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>(),
-            "body": String::from_utf8_lossy(&body),
-        })
-        .to_string();
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{}",
-            payload.len(),
-            if close { "connection: close\r\n" } else { "" },
-            payload
-        );
         if writer.write_all(resp.as_bytes()).is_err() || close {
             return;
         }
     }
+}
+
+/// The echo upstream's answer to `seen`: 200 with the echo JSON.
+fn echo_response(seen: &Seen, close: bool) -> String {
+    let payload = json!({
+        "method": seen.method,
+        "path": seen.path,
+        "headers": seen.headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>(),
+        "body": seen.body,
+    })
+    .to_string();
+    let timing = seen
+        .all("x-test-server-timing")
+        .into_iter()
+        .next()
+        .map_or(String::new(), |t| format!("server-timing: {t}\r\n"));
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}{timing}\r\n{}",
+        payload.len(),
+        if close { "connection: close\r\n" } else { "" },
+        payload
+    )
 }
 
 /// An upstream that accepts connections, reads, and never answers.

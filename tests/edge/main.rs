@@ -13,6 +13,7 @@ mod policy;
 mod request_id;
 mod routing;
 mod spoofing;
+mod timing;
 mod tokens;
 mod upstreams;
 
