@@ -797,9 +797,7 @@ fn new_upstream_per_1000(admin: u16) -> f64 {
     new * 1000.0 / (new + reused)
 }
 
-fn hs_tokens() -> &'static str {
-    "[tokens]\nsecret_env = \"LOAD_SECRET\"\n"
-}
+const HS_TOKENS: &str = "[tokens]\nsecret_env = \"LOAD_SECRET\"\n";
 
 /// Every proxy process of the run: Portcullis with HS256 and with EdDSA at one and two worker
 /// threads and at the default log level and `warn`, HAProxy at one and two threads.
@@ -831,7 +829,7 @@ impl Matrix {
                     server_timing: false,
                 };
                 let tag = format!("t{threads}-{}", log.unwrap_or("default"));
-                for (alg, tokens) in [("hs", hs_tokens()), ("ed", ed_tokens.as_str())] {
+                for (alg, tokens) in [("hs", HS_TOKENS), ("ed", ed_tokens.as_str())] {
                     let port = free_port();
                     let gw = start_portcullis(dir, &format!("{alg}-{tag}"), port, up, tokens, run);
                     let pid = gw.proc.0.id();
@@ -873,7 +871,7 @@ impl Matrix {
                     ..Run::DEFAULT
                 };
                 let port = free_port();
-                let gw = start_portcullis(dir, "hs-timed", port, up, hs_tokens(), run);
+                let gw = start_portcullis(dir, "hs-timed", port, up, HS_TOKENS, run);
                 m.targets.push(cpu::Target {
                     name: cpu::REQUIRED_HS256_TIMED,
                     threads,

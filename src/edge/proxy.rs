@@ -193,37 +193,39 @@ impl Gateway {
     }
 }
 
-/// Marks every response the client gets (made here or by the upstream) with the request id,
-/// for an allowed frontend the CORS headers and, when on, `Server-Timing`. A request refused
-/// before its request id was read gets it here.
-fn decorate(resp: &mut ResponseHeader, req: &RequestHeader, ctx: &mut RequestCtx, timing: bool) {
-    let id = ctx
-        .request_id
-        .get_or_insert_with(|| headers::request_id(req));
-    let _ = resp.insert_header(X_REQUEST_ID.clone(), id.clone());
-    if let Some(origin) = &ctx.cors_origin {
-        crate::edge::cors::decorate(resp, origin.clone());
+impl Gateway {
+    /// Marks every response the client gets (made here or by the upstream) with the request
+    /// id, for an allowed frontend the CORS headers and, when on, `Server-Timing`. A request
+    /// refused before its request id was read gets it here.
+    fn decorate(&self, resp: &mut ResponseHeader, req: &RequestHeader, ctx: &mut RequestCtx) {
+        let id = ctx
+            .request_id
+            .get_or_insert_with(|| headers::request_id(req));
+        let _ = resp.insert_header(X_REQUEST_ID.clone(), id.clone());
+        if let Some(origin) = &ctx.cors_origin {
+            crate::edge::cors::decorate(resp, origin.clone());
+        }
+        if self.server_timing {
+            ctx.timing.write(resp, ctx.started);
+        }
     }
-    if timing {
-        ctx.timing.write(resp, ctx.started);
-    }
-}
 
-/// Writes a gateway-made response.
-async fn respond(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    timing: bool,
-    mut head: Box<ResponseHeader>,
-    body: Bytes,
-) -> Result<()> {
-    decorate(&mut head, session.req_header(), ctx, timing);
-    // A request body we never read would be taken for the next request: close instead.
-    if !session.is_body_empty() {
-        session.set_keepalive(None);
+    /// Writes a gateway-made response.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut head: Box<ResponseHeader>,
+        body: Bytes,
+    ) -> Result<()> {
+        self.decorate(&mut head, session.req_header(), ctx);
+        // A request body we never read would be taken for the next request: close instead.
+        if !session.is_body_empty() {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(head, false).await?;
+        session.write_response_body(Some(body), true).await
     }
-    session.write_response_header(head, false).await?;
-    session.write_response_body(Some(body), true).await
 }
 
 #[async_trait]
@@ -258,7 +260,7 @@ impl ProxyHttp for Gateway {
         match decision {
             Decision::Proxy => Ok(false),
             Decision::Respond(head, body) => {
-                respond(session, ctx, self.server_timing, head, body).await?;
+                self.respond(session, ctx, head, body).await?;
                 Ok(true)
             }
             Decision::Identity(endpoint, token) => {
@@ -279,7 +281,7 @@ impl ProxyHttp for Gateway {
                         p.response()
                     }
                 };
-                respond(session, ctx, self.server_timing, Box::new(head), body).await?;
+                self.respond(session, ctx, Box::new(head), body).await?;
                 Ok(true)
             }
         }
@@ -352,7 +354,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        decorate(response, session.req_header(), ctx, self.server_timing);
+        self.decorate(response, session.req_header(), ctx);
         Ok(())
     }
 
@@ -371,7 +373,7 @@ impl ProxyHttp for Gateway {
         ctx.rejection = Some(problem.code);
         let (head, body) = problem.response();
         let status = head.status.as_u16();
-        if let Err(write) = respond(session, ctx, self.server_timing, Box::new(head), body).await {
+        if let Err(write) = self.respond(session, ctx, Box::new(head), body).await {
             tracing::debug!(error = %write, "could not send the error response");
         }
         FailToProxy {

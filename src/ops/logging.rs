@@ -56,13 +56,11 @@ impl Queue {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues one whole line, or drops and counts it when it does not fit.
-    fn push(&self, line: &[u8], dropped: &dyn Fn()) {
+    /// Queues one whole line; false when it does not fit (it is dropped).
+    fn push(&self, line: &[u8]) -> bool {
         let mut p = self.lock();
         if p.bytes.len() + line.len() > QUEUE_BYTES {
-            drop(p);
-            dropped();
-            return;
+            return false;
         }
         p.bytes.extend_from_slice(line);
         let wake = std::mem::take(&mut p.writer_asleep);
@@ -70,6 +68,7 @@ impl Queue {
         if wake {
             self.wake.notify_one();
         }
+        true
     }
 
     /// The writer's loop: waits for lines, writes each batch in one go, ends when closed.
@@ -110,14 +109,20 @@ impl Queue {
     }
 }
 
-/// What `tracing` writes each formatted line into (one `write_all` per event).
-#[derive(Debug, Clone)]
+/// The logger's writer: hands out a borrowed [`Line`] per event (no reference count touched).
+#[derive(Debug)]
 struct LineWriter(Arc<Queue>);
 
-impl Write for LineWriter {
+/// What `tracing` writes one formatted line into (one `write_all` per event); a line that
+/// does not fit is counted in `portcullis_log_lines_dropped_total`.
+#[derive(Debug)]
+struct Line<'a>(&'a Queue);
+
+impl Write for Line<'_> {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .push(line, &|| super::metrics::LOG_LINES_DROPPED.inc());
+        if !self.0.push(line) {
+            super::metrics::LOG_LINES_DROPPED.inc();
+        }
         Ok(line.len())
     }
 
@@ -127,10 +132,10 @@ impl Write for LineWriter {
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LineWriter {
-    type Writer = Self;
+    type Writer = Line<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+        Line(&self.0)
     }
 }
 
@@ -242,7 +247,8 @@ mod tests {
     #[test]
     fn a_stalled_stderr_never_blocks_the_caller_and_drops_are_counted() {
         let release = Arc::new(AtomicBool::new(false));
-        let (mut writer, guard) = super::start(Stalled(Arc::clone(&release)));
+        let (writer, guard) = super::start(Stalled(Arc::clone(&release)));
+        let mut writer = super::Line(&writer.0);
         let line = vec![b'x'; 1023]
             .into_iter()
             .chain([b'\n'])
@@ -279,7 +285,8 @@ mod tests {
     #[test]
     fn lines_queued_while_the_writer_works_go_out_in_one_write_whole_and_in_order() {
         let out = Recorder::default();
-        let (mut writer, guard) = super::start(out.clone());
+        let (writer, guard) = super::start(out.clone());
+        let mut writer = super::Line(&writer.0);
         writer.write_all(b"first\n").unwrap();
         // An idle writer is woken by the first line: it goes out at once, alone.
         wait_until("the first line is written", || {
@@ -312,7 +319,8 @@ mod tests {
             }
         }
         let calls = Arc::new(AtomicUsize::new(0));
-        let (mut writer, guard) = super::start(Never(Arc::clone(&calls)));
+        let (writer, guard) = super::start(Never(Arc::clone(&calls)));
+        let mut writer = super::Line(&writer.0);
         writer.write_all(b"stuck\n").unwrap();
         wait_until("the writer took the line", || {
             calls.load(Ordering::SeqCst) == 1
