@@ -1,5 +1,9 @@
 //! CONTRACT section 2, upstreams: bodies and methods pass, addresses are balanced and health
-//! checked, a dead upstream is 502 and a silent one 504.
+//! checked, a dead upstream is 502 and a silent one 504; idle connections are reused and one the
+//! upstream closed is neither used nor kept.
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
 
 use super::*;
 
@@ -135,4 +139,114 @@ fn unhealthy_addr_is_taken_out_of_rotation() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A keep-alive upstream that answers each request with the number of the connection it came
+/// on (in accept order) and, for a request carrying `x-test-close`, half-closes that connection
+/// after answering (`x-test-close: late`: 300 ms after, when it sits idle in the gateway's
+/// pool) and records how long the gateway then took to close its end.
+struct KeepAliveUpstream {
+    addr: SocketAddr,
+    closed_after: Arc<Mutex<Vec<Duration>>>,
+}
+
+fn spawn_keep_alive_upstream() -> KeepAliveUpstream {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed_after = Arc::new(Mutex::new(Vec::new()));
+    let log = closed_after.clone();
+    std::thread::spawn(move || {
+        for (n, s) in listener.incoming().flatten().enumerate() {
+            let log = log.clone();
+            std::thread::spawn(move || serve_keep_alive(s, n, &log));
+        }
+    });
+    KeepAliveUpstream { addr, closed_after }
+}
+
+fn serve_keep_alive(mut s: std::net::TcpStream, n: usize, log: &Mutex<Vec<Duration>>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+        }
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        got.drain(..end);
+        let body = format!("conn {n}");
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+        if head.contains("x-test-close:") {
+            if head.contains("x-test-close: late") {
+                // when the gateway has put the connection in its pool
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let t0 = Instant::now();
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // the gateway's close shows as end of stream
+            while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+            log.lock().unwrap().push(t0.elapsed());
+            return;
+        }
+    }
+}
+
+/// The upstream connection pool (vendor/README.md, patch 1): a connection is reused for the
+/// next request, and one the upstream closed while it sat idle is never handed a request (the
+/// request after it gets a new connection and a 200, not a 502).
+#[test]
+fn idle_upstream_connections_are_reused_and_one_the_upstream_closed_is_not() {
+    let up = spawn_keep_alive_upstream();
+    let gw = Gateway::start(&upstream_config(&format!("\"{}\"", up.addr), ""), &[]);
+    let first = gw.get("/p/1", &[]);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let again = gw.get("/p/2", &[]);
+    assert_eq!(
+        again.text(),
+        first.text(),
+        "the second request must reuse the idle connection"
+    );
+    let closing = gw.get("/p/3", &[("x-test-close", "1")]);
+    assert_eq!(closing.text(), first.text());
+    // whether or not the gateway has noticed the close yet, the next request must not fail
+    let after = gw.get("/p/4", &[]);
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_ne!(after.text(), first.text(), "a closed connection was reused");
+    let reused = gw.get("/p/5", &[]);
+    assert_eq!(reused.text(), after.text());
+}
+
+/// An idle pooled connection that the upstream closes is closed on the gateway's side too
+/// within about a second (the pool's sweep), not left half-open until it is next wanted.
+#[test]
+fn an_idle_connection_the_upstream_closes_is_closed_by_the_gateway_within_two_seconds() {
+    let up = spawn_keep_alive_upstream();
+    let gw = Gateway::start(&upstream_config(&format!("\"{}\"", up.addr), ""), &[]);
+    let r = gw.get("/p/x", &[("x-test-close", "late")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let took = loop {
+        if let Some(d) = up.closed_after.lock().unwrap().first() {
+            break *d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never closed an idle connection its upstream had closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        took < Duration::from_secs(2),
+        "the gateway held a closed idle connection for {took:?}"
+    );
 }
