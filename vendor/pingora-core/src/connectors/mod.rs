@@ -256,19 +256,7 @@ impl TransportConnector {
         // Most recently released first; one the server closed meanwhile is dropped and the
         // next one tried.
         while let Some(mut stream) = self.connection_pool.take(key) {
-            #[cfg(unix)]
-            let same_peer = peer.matches_fd(stream.id());
-            #[cfg(windows)]
-            let same_peer = {
-                use std::os::windows::io::{AsRawSocket, RawSocket};
-                struct WrappedRawSocket(RawSocket);
-                impl AsRawSocket for WrappedRawSocket {
-                    fn as_raw_socket(&self) -> RawSocket {
-                        self.0
-                    }
-                }
-                peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-            };
+            let same_peer = leads_to(peer, &stream);
             // test_reusable_stream: we assume server would never actively send data
             // first on an idle stream.
             if same_peer && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
@@ -423,6 +411,34 @@ impl PreferredHttpVersion {
         v.get(&key)
             .copied()
             .map(|v| if v == 1 { ALPN::H1 } else { ALPN::H2H1 })
+    }
+}
+
+/// Whether a pooled `stream` leads to `peer` (the reuse hash could collide). The address
+/// `l4::connect` recorded in the stream's socket digest when it connected answers that without
+/// a system call; only a stream without one (a proxied peer, a custom connector that records
+/// none) is asked by `getpeername` through [Peer::matches_fd]. A pooled stream owns its
+/// descriptor, so what it was connected to cannot change while it idles.
+fn leads_to<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    if peer.get_proxy().is_none() {
+        if let Some(digest) = stream.get_socket_digest() {
+            if let Some(Some(recorded)) = digest.peer_addr.get() {
+                return recorded == peer.address();
+            }
+        }
+    }
+    #[cfg(unix)]
+    return peer.matches_fd(stream.id());
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::{AsRawSocket, RawSocket};
+        struct WrappedRawSocket(RawSocket);
+        impl AsRawSocket for WrappedRawSocket {
+            fn as_raw_socket(&self) -> RawSocket {
+                self.0
+            }
+        }
+        peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
     }
 }
 
