@@ -410,17 +410,16 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[code.as_str()])
                 .inc();
         }
-        // Never the token, the cookie or the query string: only what identifies the request.
-        tracing::info!(
-            target: "access",
-            request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-            method = %session.req_header().method,
+        crate::ops::logging::Access {
+            request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            method: session.req_header().method.as_str(),
             route,
             status,
-            latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            user_id = ctx.identity.as_ref().map(authn::Verified::sub),
-            code = ctx.rejection.map(Code::as_str),
-            error = e.map(|e| e.etype().as_str()),
-        );
+            latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            user_id: ctx.identity.as_ref().map(authn::Verified::sub),
+            code: ctx.rejection.map(Code::as_str),
+            error: e.map(|e| e.etype().as_str()),
+        }
+        .log();
     }
 }
