@@ -324,6 +324,34 @@ pub fn migrate_now(opened: &store::Opened, within: std::time::Duration) -> Resul
     })
 }
 
+/// `portcullis users roles`: applies pending migrations when `migrate` (`store.auto_migrate`:
+/// the `roles` column may be new), then replaces the roles of the user with `email`. The roles
+/// are checked first (one line why).
+pub fn set_roles_now(
+    opened: &store::Opened,
+    migrate: bool,
+    email: &str,
+    roles: &[String],
+    within: std::time::Duration,
+) -> Result<store::User, String> {
+    let roles = store::valid_roles(roles)?;
+    let email = email.trim();
+    on_temporary_runtime(async {
+        let work = async {
+            if migrate {
+                opened.migrator.migrate().await?;
+            }
+            opened.store.set_roles(email, &roles).await
+        };
+        match tokio::time::timeout(within, work).await {
+            Ok(Ok(Some(user))) => Ok(user),
+            Ok(Ok(None)) => Err(format!("no user with the email {email}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the store did not answer within {within:?}")),
+        }
+    })
+}
+
 /// Runs a built server until SIGTERM or SIGINT, both of which drain gracefully.
 pub fn run(server: Server) {
     server.run(RunArgs {

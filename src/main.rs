@@ -42,6 +42,23 @@ enum Command {
     },
     /// Zero-setup demo: gateway, admin, echo upstream and an embedded store under ./data/.
     Demo,
+    /// Own users in the configured store.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Set the roles of the user with EMAIL (no ROLE clears them). Tokens minted from then on
+    /// carry them as the `roles` claim; tokens already out keep theirs until they expire.
+    Roles {
+        email: String,
+        roles: Vec<String>,
+        #[arg(long, default_value = "conf/portcullis.toml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +96,41 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => report(&[format!("migrate: {e}")]),
+            }
+        }
+        Command::Users {
+            command:
+                UsersCommand::Roles {
+                    email,
+                    roles,
+                    config,
+                },
+        } => {
+            let _logs = portcullis::ops::logging::init();
+            let loaded = match config::load(&config, &ProcessEnv) {
+                Ok(c) => c,
+                Err(problems) => return report(&problems),
+            };
+            let opened = match portcullis::accounts::store::open(&loaded.store.url) {
+                Ok(o) => o,
+                Err(e) => return report(&[e]),
+            };
+            match portcullis::set_roles_now(
+                &opened,
+                loaded.store.auto_migrate,
+                &email,
+                &roles,
+                Duration::from_secs(60),
+            ) {
+                Ok(user) if user.roles.is_empty() => {
+                    println!("{}: no roles", user.email);
+                    ExitCode::SUCCESS
+                }
+                Ok(user) => {
+                    println!("{}: {}", user.email, user.roles.join(" "));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(&[format!("users roles: {e}")]),
             }
         }
         Command::Demo => {

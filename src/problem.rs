@@ -29,6 +29,7 @@ pub enum Code {
     TokenExpired,
     TokenRevoked,
     Forbidden,
+    InsufficientScope,
     NotFound,
     InvalidCredentials,
     EmailTaken,
@@ -51,6 +52,7 @@ impl Code {
             Self::TokenExpired => "token_expired",
             Self::TokenRevoked => "token_revoked",
             Self::Forbidden => "forbidden",
+            Self::InsufficientScope => "insufficient_scope",
             Self::NotFound => "not_found",
             Self::InvalidCredentials => "invalid_credentials",
             Self::EmailTaken => "email_taken",
@@ -73,7 +75,7 @@ impl Code {
             | Self::TokenExpired
             | Self::TokenRevoked
             | Self::InvalidCredentials => 401,
-            Self::Forbidden => 403,
+            Self::Forbidden | Self::InsufficientScope => 403,
             Self::NotFound => 404,
             Self::EmailTaken => 409,
             Self::ValidationFailed => 422,
@@ -114,6 +116,7 @@ impl Code {
             Self::TokenExpired => "The token has expired",
             Self::TokenRevoked => "The token has been revoked",
             Self::Forbidden => "This resource belongs to another user",
+            Self::InsufficientScope => "The token lacks a claim or scope this route requires",
             Self::NotFound => "No such resource",
             Self::InvalidCredentials => "Email or password is wrong",
             Self::EmailTaken => "An account with this email already exists",
@@ -222,6 +225,13 @@ impl Problem {
             };
             insert(&mut header, "www-authenticate", challenge);
         }
+        if self.code == Code::InsufficientScope {
+            insert(
+                &mut header,
+                "www-authenticate",
+                r#"Bearer realm="portcullis", error="insufficient_scope""#,
+            );
+        }
         if let Some(secs) = self.retry_after_secs {
             insert(&mut header, "retry-after", &secs.to_string());
         }
@@ -294,6 +304,7 @@ impl From<Refusal> for Problem {
             Refusal::Invalid => Code::InvalidToken,
             Refusal::Expired => Code::TokenExpired,
             Refusal::Revoked => Code::TokenRevoked,
+            Refusal::InsufficientScope => Code::InsufficientScope,
         };
         Self::new(code).token_presented(true)
     }

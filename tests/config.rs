@@ -437,6 +437,71 @@ fn owner_on_a_non_required_route_is_rejected() {
     }
 }
 
+/// A route at `/r/{*rest}` with `auth` and the rule lines `rules`.
+fn rule_route(auth: &str, rules: &str) -> String {
+    append(&format!(
+        "[[route]]\npath = \"/r/{{*rest}}\"\nupstream = \"app\"\nauth = \"{auth}\"\n{rules}"
+    ))
+}
+
+#[test]
+fn claim_rules_of_every_shape_the_contract_names_pass() {
+    for auth in ["required", "optional"] {
+        let c = check(&rule_route(
+            auth,
+            "require = { roles = \"admin\", org = \"acme\" }\nrequire_scopes = [\"tasks:write\", \"a.b/c\"]",
+        ));
+        assert_eq!(c.code, Some(0), "{auth}: {}", c.stderr);
+    }
+}
+
+#[test]
+fn claim_rules_of_a_wrong_shape_are_config_errors_one_line_each() {
+    for (rules, keywords) in [
+        ("require = { role = 1 }", &["require.role", "string"][..]),
+        (
+            "require = { role = [\"a\", \"b\"] }",
+            &["require.role", "string"],
+        ),
+        ("require = { role = { any = \"a\" } }", &["require.role"]),
+        ("require = { role = true }", &["require.role"]),
+        ("require = { role = \"\" }", &["require.role"]),
+        ("require = {}", &["require is empty"]),
+        ("require = { exp = \"1\" }", &["require.exp", "number"]),
+        (
+            "require = { scope = \"a\" }",
+            &["require.scope", "require_scopes"],
+        ),
+        (
+            "require = { scp = \"a\" }",
+            &["require.scp", "require_scopes"],
+        ),
+        ("require = \"admin\"", &["require"]),
+        ("require_scopes = []", &["require_scopes is empty"]),
+        ("require_scopes = [\"a b\"]", &["require_scopes", "spaces"]),
+        ("require_scopes = [\"\"]", &["require_scopes"]),
+        ("require_scopes = [1]", &["require_scopes", "strings"]),
+        ("require_scopes = \"tasks:write\"", &["require_scopes"]),
+        ("requires = { role = \"admin\" }", &["requires"]),
+    ] {
+        let c = check(&rule_route("required", rules));
+        assert_one_problem(&c, keywords);
+    }
+    let many: Vec<String> = (0..33).map(|i| format!("c{i} = \"v\"")).collect();
+    let c = check(&rule_route(
+        "required",
+        &format!("require = {{ {} }}", many.join(", ")),
+    ));
+    assert_one_problem(&c, &["more than 32"]);
+}
+
+#[test]
+fn claim_rules_on_a_public_route_are_a_config_error() {
+    for rules in ["require = { role = \"admin\" }", "require_scopes = [\"a\"]"] {
+        assert_one_problem(&check(&rule_route("public", rules)), &["public"]);
+    }
+}
+
 #[test]
 fn duplicate_route_pattern_is_rejected() {
     assert_one_problem(

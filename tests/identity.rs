@@ -109,19 +109,25 @@ fn register_returns_201_with_user_token_and_secure_cookie(store: Store) {
     assert!(!r.text().contains(PASSWORD));
 }
 
+/// The claims of one of our tokens (read, not verified: the gateway verifies).
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 fn registered_token_carries_the_contract_claims_and_passes_the_edge(store: Store) {
     let (g, _db) = start(store, "");
     let mail = email();
     let r = register(&g, &mail);
     let token = token_of(&r);
     let id = id_of(&r);
-    let claims: Value = {
-        let payload = token.split('.').nth(1).unwrap();
-        let bytes =
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
-                .unwrap();
-        serde_json::from_slice(&bytes).unwrap()
-    };
+    let claims = claims_of(&token);
+    assert!(
+        claims.get("roles").is_none(),
+        "no roles, no claim: {claims}"
+    );
     assert_eq!(claims["sub"], id.as_str());
     assert_eq!(claims["email"], mail.as_str());
     assert_eq!(claims["iss"], "portcullis");
@@ -485,8 +491,72 @@ fn passwords_and_tokens_never_reach_the_logs(store: Store) {
     }
 }
 
+/// `portcullis users roles` on the gateway's own config, as an operator runs it beside it.
+fn users_roles(g: &Gateway, args: &[&str]) -> (Option<i32>, String, String) {
+    let config = g.dir.path().join("portcullis.toml");
+    let mut all = vec!["users", "roles"];
+    all.extend_from_slice(args);
+    all.extend(["--config", config.to_str().unwrap()]);
+    let (status, out, err) = common::run_bin(
+        &all,
+        &[(common::SECRET_ENV, common::SECRET)],
+        g.dir.path(),
+        Duration::from_secs(60),
+    );
+    (status.code(), out, err)
+}
+
+fn roles_set_by_the_cli_reach_the_next_token_and_the_claim_rules(store: Store) {
+    let (g, _db) = start(
+        store,
+        "[[route]]\npath = \"/admin/{*rest}\"\nupstream = \"app\"\nauth = \"required\"\n\
+         require = { roles = \"admin\" }\n",
+    );
+    let mail = email();
+    let before = token_of(&register(&g, &mail));
+    let admin = |token: &str| g.get("/admin/x", &[("Authorization", &bearer(token))]);
+    assert_problem(&admin(&before), 403, "insufficient_scope");
+
+    // Case-insensitive email; roles sorted, duplicates dropped.
+    let (code, out, err) = users_roles(&g, &[&mail.to_uppercase(), "ops", "admin", "admin"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("{mail}: admin ops"));
+    let after = token_of(&signin(&g, &mail, PASSWORD));
+    assert_eq!(claims_of(&after)["roles"], json!(["admin", "ops"]));
+    let r = admin(&after);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen().one("x-user-email").as_deref(), Some(mail.as_str()));
+    // A token minted before keeps what it was minted with.
+    assert_problem(&admin(&before), 403, "insufficient_scope");
+
+    for (args, says) in [
+        (vec!["nobody@example.com", "admin"], "no user"),
+        (vec![mail.as_str(), "bad role"], "role"),
+        (vec![mail.as_str(), ""], "role"),
+    ] {
+        let (code, out, err) = users_roles(&g, &args);
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        // Beside the JSON log lines, one plain line says why.
+        let why: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(why.len(), 1, "one line: {err}");
+        assert!(why[0].contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(
+        claims_of(&token_of(&signin(&g, &mail, PASSWORD)))["roles"],
+        json!(["admin", "ops"])
+    );
+
+    let (code, out, err) = users_roles(&g, &[&mail]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("{mail}: no roles"));
+    let cleared = token_of(&signin(&g, &mail, PASSWORD));
+    assert!(claims_of(&cleared).get("roles").is_none());
+    assert_problem(&admin(&cleared), 403, "insufficient_scope");
+}
+
 on_both_stores!(
     register_returns_201_with_user_token_and_secure_cookie,
+    roles_set_by_the_cli_reach_the_next_token_and_the_claim_rules,
     registered_token_carries_the_contract_claims_and_passes_the_edge,
     duplicate_email_in_another_case_is_409_email_taken,
     signin_returns_200_with_the_same_shape,

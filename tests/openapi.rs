@@ -19,8 +19,8 @@ const SPEC: &str = include_str!("../docs/openapi.yaml");
 const PASSWORD: &str = "correct horse battery";
 const PREFIX: &str = "/api/v1/auth";
 
-/// The error codes of CONTRACT section 5, in its order.
-const CONTRACT_CODES: [&str; 17] = [
+/// The error codes of CONTRACT section 5, in its order, then those its additions join to it.
+const CONTRACT_CODES: [&str; 18] = [
     "missing_token",
     "invalid_token",
     "token_expired",
@@ -38,6 +38,7 @@ const CONTRACT_CODES: [&str; 17] = [
     "bad_gateway",
     "gateway_timeout",
     "internal",
+    "insufficient_scope",
 ];
 
 // ---------------------------------------------------------------------------------------------

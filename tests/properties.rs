@@ -120,7 +120,7 @@ fn round_trip(
     let sets: Vec<(Alg, (TokenIssuer, KeySet))> = ALGS.iter().map(|&a| (a, signer(a))).collect();
     let (issuer, keys) = &sets.iter().find(|(a, _)| *a == alg).unwrap().1;
     let user = uuid::Uuid::from_u128(user);
-    let minted = issuer.mint(user, email, NOW).unwrap();
+    let minted = issuer.mint(user, email, &[], NOW).unwrap();
     let token = minted.token.as_bytes();
 
     let who = fuzzing::verify(token, keys, NOW + 10)
@@ -326,5 +326,103 @@ proptest! {
         for name in &kept {
             prop_assert!(req.headers.contains_key(name.as_str()), "{name} was removed");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// claim rules (CONTRACT section 10): the one-pass reader against a model over parsed JSON
+// ---------------------------------------------------------------------------------------------
+
+const RULE_CLAIMS: [&str; 4] = ["role", "roles", "org", "x"];
+const RULE_WORDS: [&str; 6] = [
+    "admin",
+    "user",
+    "a b",
+    "tasks:write",
+    "tasks:read tasks:write",
+    "a",
+];
+
+fn claim_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::{Value, json};
+    let word = prop::sample::select(&RULE_WORDS[..]).prop_map(Value::from);
+    prop_oneof![
+        word.clone(),
+        prop::collection::vec(
+            prop_oneof![word.clone(), Just(json!(1)), Just(json!(["admin"]))],
+            0..4
+        )
+        .prop_map(Value::from),
+        Just(json!(7)),
+        Just(json!(true)),
+        Just(Value::Null),
+        Just(json!({"role": "admin"})),
+    ]
+}
+
+fn claims_object() -> impl Strategy<Value = serde_json::Map<String, serde_json::Value>> {
+    let names = prop::sample::select(vec!["role", "roles", "org", "x", "scope", "scp", "sub"]);
+    prop::collection::btree_map(names, claim_value(), 0..7)
+        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+fn claim_rules() -> impl Strategy<Value = portcullis::config::ClaimRules> {
+    (
+        prop::collection::btree_map(
+            prop::sample::select(&RULE_CLAIMS[..]),
+            prop::sample::select(&RULE_WORDS[..]),
+            0..3,
+        ),
+        prop::collection::btree_set(
+            prop::sample::select(vec!["admin", "a", "b", "tasks:write", "tasks:read"]),
+            0..3,
+        ),
+    )
+        .prop_map(|(require, scopes)| portcullis::config::ClaimRules {
+            require: require
+                .into_iter()
+                .map(|(c, v)| (c.to_owned(), v.to_owned()))
+                .collect(),
+            scopes: scopes.into_iter().map(str::to_owned).collect(),
+        })
+}
+
+/// The rules as CONTRACT section 10 words them, over the parsed claims.
+fn model_admits(
+    rules: &portcullis::config::ClaimRules,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    use serde_json::Value;
+    let holds = |v: Option<&Value>, want: &str| match v {
+        Some(Value::String(s)) => s == want,
+        Some(Value::Array(a)) => a.iter().any(|e| e.as_str() == Some(want)),
+        _ => false,
+    };
+    let mut granted: Vec<&str> = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => granted.extend(s.split_ascii_whitespace()),
+            Some(Value::Array(a)) => granted.extend(a.iter().filter_map(Value::as_str)),
+            _ => {}
+        }
+    }
+    rules.require.iter().all(|(c, v)| holds(claims.get(c), v))
+        && rules.scopes.iter().all(|s| granted.contains(&s.as_str()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn claim_rules_admit_exactly_what_the_contract_says(
+        rules in claim_rules(),
+        claims in claims_object(),
+    ) {
+        let json = serde_json::to_vec(&claims).unwrap();
+        prop_assert_eq!(
+            portcullis::authn::rules::admits(&rules, &json),
+            model_admits(&rules, &claims),
+            "{:?} over {}", rules, String::from_utf8_lossy(&json)
+        );
     }
 }

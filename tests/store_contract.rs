@@ -385,6 +385,53 @@ mod contract {
         assert_eq!(store.user_by_id(Uuid::new_v4()).await.unwrap(), None);
     }
 
+    pub async fn roles_are_set_by_email_read_back_everywhere_and_cleared(h: &Harness) {
+        let store = h.store();
+        let created = store.create_user("Erin@x.com", HASH).await.unwrap();
+        assert!(created.roles.is_empty(), "a new user has no roles");
+        let other = store.create_user("frank@x.com", HASH).await.unwrap();
+        let roles = vec!["admin".to_owned(), "ops:read".to_owned()];
+        let set = store
+            .set_roles("ERIN@X.COM", &roles)
+            .await
+            .unwrap()
+            .expect("the user, found case-insensitively");
+        assert_eq!((set.id, set.roles.clone()), (created.id, roles.clone()));
+        assert!(set.updated_at >= created.updated_at);
+        assert_eq!(set.created_at, created.created_at);
+        assert_eq!(
+            store.user_by_id(created.id).await.unwrap(),
+            Some(set.clone())
+        );
+        let creds = store
+            .credentials_by_email("erin@x.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(creds.user.roles, roles, "sign-in sees the roles");
+        assert_eq!(creds.password_hash, HASH);
+        // Nobody else's roles change.
+        assert!(
+            store
+                .user_by_id(other.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .roles
+                .is_empty()
+        );
+        let cleared = store.set_roles("erin@x.com", &[]).await.unwrap().unwrap();
+        assert!(cleared.roles.is_empty());
+        assert!(
+            store
+                .set_roles("nobody@x.com", &roles)
+                .await
+                .unwrap()
+                .is_none(),
+            "an unknown email is None, not an error"
+        );
+    }
+
     pub async fn unknown_email_is_none(h: &Harness) {
         let store = h.store();
         assert!(
@@ -553,7 +600,7 @@ mod contract {
             .await
             .unwrap();
         let applied = h.count("refinery_schema_history").await;
-        assert_eq!(applied, 2, "V1 and V2");
+        assert_eq!(applied, 3, "V1, V2 and V3");
 
         h.migrate().await.expect("second migrate");
         h.migrate().await.expect("third migrate");
@@ -626,6 +673,7 @@ contract_suite!(
     create_then_find_by_email,
     duplicate_email_in_another_case_is_taken,
     user_by_id,
+    roles_are_set_by_email_read_back_everywhere_and_cleared,
     unknown_email_is_none,
     revocations_show_up_from_the_start,
     incremental_cursor_returns_new_rows_only,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::KeySet;
 use super::issuers::Issuers;
 use super::revocation::Revocations;
+use super::rules::{self, ClaimRules};
 use super::verify::{self, TokenError, Verified};
 
 /// Verifies a token and checks it against the revocation snapshot. No I/O, no lock.
@@ -19,10 +20,16 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// The verified identity, or why the token is refused.
-    pub fn authenticate(&self, token: &[u8], now: u64) -> Result<Verified, Refusal> {
+    /// The verified identity, or why the token is refused; a valid token that fails `rules`
+    /// (a route's claim rules, [`ClaimRules::NONE`] for none) is [`Refusal::InsufficientScope`].
+    pub fn authenticate(
+        &self,
+        token: &[u8],
+        now: u64,
+        rules: &ClaimRules,
+    ) -> Result<Verified, Refusal> {
         let started = std::time::Instant::now();
-        let result = self.check(token, now);
+        let result = self.check(token, now, rules);
         let took = started.elapsed().as_secs_f64();
         match &result {
             Ok(_) => crate::ops::metrics::TOKEN_VALID_SECONDS.observe(took),
@@ -33,7 +40,7 @@ impl Authenticator {
         result
     }
 
-    fn check(&self, token: &[u8], now: u64) -> Result<Verified, Refusal> {
+    fn check(&self, token: &[u8], now: u64, rules: &ClaimRules) -> Result<Verified, Refusal> {
         let refused = |e| match e {
             TokenError::Expired => Refusal::Expired,
             TokenError::Invalid(reason) => {
@@ -49,7 +56,8 @@ impl Authenticator {
         {
             // Not our user: our revocations (jtis we minted, our users' sign-outs) do not
             // apply; the issuer's own token lifetime does.
-            return external.verify(&token, now).map_err(refused);
+            let who = external.verify(&token, now).map_err(refused)?;
+            return admit(who, &token, rules);
         }
         let who = token.check(&self.keys, None, now).map_err(refused)?;
         if self
@@ -59,7 +67,20 @@ impl Authenticator {
         {
             return Err(Refusal::Revoked);
         }
+        admit(who, &token, rules)
+    }
+}
+
+/// The verified identity, once the token's claims meet the route's rules.
+fn admit(
+    who: Verified,
+    token: &verify::Unverified<'_, '_>,
+    rules: &ClaimRules,
+) -> Result<Verified, Refusal> {
+    if rules.is_empty() || rules::admits(rules, token.claims_json()) {
         Ok(who)
+    } else {
+        Err(Refusal::InsufficientScope)
     }
 }
 
@@ -72,6 +93,8 @@ pub enum Refusal {
     Expired,
     /// Signed out (this token, or every token of its user).
     Revoked,
+    /// Valid, but its claims fail the route's rules (403, not 401).
+    InsufficientScope,
 }
 
 impl Refusal {
@@ -81,6 +104,7 @@ impl Refusal {
             Self::Invalid => "invalid_token",
             Self::Expired => "token_expired",
             Self::Revoked => "token_revoked",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 }

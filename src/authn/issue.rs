@@ -44,6 +44,9 @@ struct Claims<'a> {
     jti: Uuid,
     iss: &'a str,
     aud: &'a str,
+    /// The user's roles (CONTRACT section 10), left out when there are none.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    roles: &'a [String],
 }
 
 impl TokenIssuer {
@@ -71,8 +74,15 @@ impl TokenIssuer {
         self.ttl_secs
     }
 
-    /// A token for `user` issued at `iat` (unix seconds), valid for the configured TTL.
-    pub fn mint(&self, user: Uuid, email: &str, iat: u64) -> Result<Minted, MintError> {
+    /// A token for `user` issued at `iat` (unix seconds), valid for the configured TTL, with
+    /// the user's `roles` (none: no `roles` claim).
+    pub fn mint(
+        &self,
+        user: Uuid,
+        email: &str,
+        roles: &[String],
+        iat: u64,
+    ) -> Result<Minted, MintError> {
         let jti = Uuid::new_v4();
         let exp = iat + self.ttl_secs;
         let claims = Claims {
@@ -83,6 +93,7 @@ impl TokenIssuer {
             jti,
             iss: &self.issuer,
             aud: &self.audience,
+            roles,
         };
         let token = jsonwebtoken::encode(&self.header, &claims, &self.key)
             .map_err(|e| MintError(e.to_string()))?;

@@ -1,7 +1,8 @@
 //! Who is this request: the key set (`keys`), verification on the hot path (`verify`),
 //! external issuers' JWKS documents (`jwk`) and their refresh (`issuers`), the revocation
 //! snapshot and its sync (`revocation`), and the [`Authenticator`] that ties them together: the
-//! one check both the edge and the identity endpoints use. Minting at sign-in (`issue`).
+//! one check both the edge and the identity endpoints use, with a route's claim rules (`rules`).
+//! Minting at sign-in (`issue`).
 //! Everything the request path calls here is pure or reads a snapshot.
 
 mod authenticator;
@@ -10,8 +11,10 @@ pub mod issuers;
 pub mod jwk;
 pub mod keys;
 pub mod revocation;
+pub mod rules;
 pub mod verify;
 
 pub use authenticator::{Authenticator, Refusal};
 pub use keys::{Alg, KeySet, VerifyKey};
+pub use rules::ClaimRules;
 pub use verify::{MAX_TOKEN_BYTES, TokenError, Verified, verify};

@@ -209,6 +209,11 @@ impl Unverified<'_, '_> {
         self.claims.iss.as_deref()
     }
 
+    /// The claims JSON: to be read only once [`Self::check`] has passed (`authn::rules`).
+    pub fn claims_json(&self) -> &[u8] {
+        self.payload
+    }
+
     /// The `kid` header, as the token states it (unverified).
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()

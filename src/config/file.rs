@@ -239,6 +239,10 @@ pub struct Route {
     pub owner: Option<String>,
     #[serde(default)]
     pub forward_token: bool,
+    /// Claim rules (CONTRACT section 10): claim name → the string it must equal or hold.
+    /// Values are checked by `config::routes`, so that a wrong shape gets a clear line.
+    pub require: Option<toml::Value>,
+    pub require_scopes: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

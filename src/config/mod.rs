@@ -10,7 +10,7 @@ mod jwks_url;
 mod routes;
 
 pub use jwks_url::JwksUrl;
-pub use routes::{Access, Route};
+pub use routes::{Access, ClaimRules, Route};
 
 use std::fmt;
 use std::net::SocketAddr;

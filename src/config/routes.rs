@@ -2,7 +2,8 @@
 //! can hold without surprise. Patterns are matchit's (`{name}` one segment, `{*name}` the
 //! rest), canonical (`crate::path`), and no two of one shape: two patterns that match the same
 //! paths are a config error, never a silent shadowing. An owner rule names a one-segment
-//! parameter of its own pattern.
+//! parameter of its own pattern. Claim rules (`require`, `require_scopes`) are strings, on
+//! routes that see a token.
 
 use super::{Problems, Upstream, file};
 
@@ -35,6 +36,30 @@ pub struct Route {
     /// Path parameter that must equal the token's `sub`.
     pub owner: Option<String>,
     pub forward_token: bool,
+    /// What a verified token's claims must hold (CONTRACT section 10; `authn::rules`).
+    pub rules: ClaimRules,
+}
+
+/// A route's claim rules: every `require` entry and every scope must be met, else 403
+/// `insufficient_scope`. Empty: no rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// (claim, value): the claim is that string, or an array holding it.
+    pub require: Vec<(String, String)>,
+    /// Each in `scope` (space-separated) or `scp`.
+    pub scopes: Vec<String>,
+}
+
+impl ClaimRules {
+    /// No rule at all (the identity endpoints' own checks, and most routes).
+    pub const NONE: Self = Self {
+        require: Vec::new(),
+        scopes: Vec::new(),
+    };
+
+    pub fn is_empty(&self) -> bool {
+        self.require.is_empty() && self.scopes.is_empty()
+    }
 }
 
 impl Route {
@@ -47,6 +72,7 @@ impl Route {
             access,
             owner: owner.map(Into::into),
             forward_token: false,
+            rules: ClaimRules::default(),
         }
     }
 
@@ -96,12 +122,19 @@ pub(super) fn validate(
                 "{at}: the path is not canonical (no `..`, `\\`, `%2F`, `//`)"
             ));
         }
+        let rules = claim_rules(p, &at, r);
+        if !rules.is_empty() && access == Some(Access::Public) {
+            p.add(format!(
+                "{at}: require / require_scopes need auth = \"required\" or \"optional\" (a public route sees no token)"
+            ));
+        }
         let route = Route {
             pattern: r.path.clone(),
             upstream: upstream.unwrap_or(usize::MAX),
             access: access.unwrap_or(Access::Required),
             owner: r.owner.clone(),
             forward_token: r.forward_token,
+            rules,
         };
         if let Err(e) = check_pattern(&routes, &route) {
             p.add(e);
@@ -109,6 +142,114 @@ pub(super) fn validate(
         routes.push(route);
     }
     routes
+}
+
+/// Claims that hold numbers or are the token's own machinery: a string rule on them never
+/// matches, or means something else.
+const NOT_RULE_CLAIMS: [&str; 5] = ["exp", "nbf", "iat", "scope", "scp"];
+
+/// Longest claim name or value, and longest scope, a rule may hold.
+const MAX_RULE_BYTES: usize = 256;
+
+/// The route's `require` and `require_scopes`, every wrong shape reported.
+fn claim_rules(p: &mut Problems, at: &str, r: &file::Route) -> ClaimRules {
+    use crate::authn::rules::MAX_RULES;
+    let mut rules = ClaimRules::default();
+    let usable =
+        |s: &str| !s.is_empty() && s.len() <= MAX_RULE_BYTES && !s.chars().any(char::is_control);
+    let require = match &r.require {
+        Some(toml::Value::Table(t)) => Some(t),
+        Some(other) => {
+            p.add(format!(
+                "{at}: require must be a table of claim = \"value\", not {}",
+                other.type_str()
+            ));
+            None
+        }
+        None => None,
+    };
+    if let Some(require) = require {
+        if require.is_empty() {
+            p.add(format!(
+                "{at}: require is empty (remove it, or name a claim)"
+            ));
+        }
+        if require.len() > MAX_RULES {
+            p.add(format!("{at}: require lists more than {MAX_RULES} claims"));
+        }
+        for (claim, value) in require {
+            if NOT_RULE_CLAIMS.contains(&claim.as_str()) {
+                let hint = if claim.starts_with('s') {
+                    "use require_scopes"
+                } else {
+                    "it is a number"
+                };
+                p.add(format!(
+                    "{at}: require.{claim} is not a claim a rule can test ({hint})"
+                ));
+                continue;
+            }
+            if !usable(claim) {
+                p.add(format!(
+                    "{at}: require has an empty, control-character or over-long claim name"
+                ));
+                continue;
+            }
+            match value {
+                toml::Value::String(v) if usable(v) => rules.require.push((claim.clone(), v.clone())),
+                toml::Value::String(_) => p.add(format!(
+                    "{at}: require.{claim} must be a non-empty string of at most {MAX_RULE_BYTES} bytes without control characters"
+                )),
+                other => p.add(format!(
+                    "{at}: require.{claim} must be a string, not {} (the claim must equal it, or be an array holding it)",
+                    other.type_str()
+                )),
+            }
+        }
+    }
+    let scopes = match &r.require_scopes {
+        Some(toml::Value::Array(a)) => Some(a),
+        Some(other) => {
+            p.add(format!(
+                "{at}: require_scopes must be a list of scopes, not {}",
+                other.type_str()
+            ));
+            None
+        }
+        None => None,
+    };
+    if let Some(scopes) = scopes {
+        if scopes.is_empty() {
+            p.add(format!(
+                "{at}: require_scopes is empty (remove it, or list a scope)"
+            ));
+        }
+        if scopes.len() > MAX_RULES {
+            p.add(format!(
+                "{at}: require_scopes lists more than {MAX_RULES} scopes"
+            ));
+        }
+        for scope in scopes {
+            match scope {
+                toml::Value::String(s)
+                    if usable(s) && !s.chars().any(char::is_whitespace) =>
+                {
+                    if !rules.scopes.contains(s) {
+                        rules.scopes.push(s.clone());
+                    }
+                }
+                toml::Value::String(s) => p.add(format!(
+                    "{at}: require_scopes entry `{}` must be one non-empty scope of at most {MAX_RULE_BYTES} bytes, without spaces",
+                    s.escape_default()
+                )),
+                other => p.add(format!(
+                    "{at}: require_scopes must list strings, not {}",
+                    other.type_str()
+                )),
+            }
+        }
+    }
+    rules
 }
 
 /// Whether `route` may join `before`: the pattern's own grammar, its owner rule, and no

@@ -140,7 +140,7 @@ impl Gateway {
                 _ => Err(Problem::new(Code::MissingToken)),
             };
         };
-        let who = self.auth.authenticate(token, now)?;
+        let who = self.auth.authenticate(token, now, &route.rules)?;
         if let Some(owner) = matched.owner_value
             && owner != who.sub()
         {
@@ -409,6 +409,9 @@ impl ProxyHttp for Gateway {
             crate::ops::metrics::REJECTIONS
                 .with_label_values(&[code.as_str()])
                 .inc();
+            if code == Code::InsufficientScope {
+                m.claim_rule_refusals().inc();
+            }
         }
         crate::ops::logging::Access {
             request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),

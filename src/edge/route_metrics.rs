@@ -15,6 +15,8 @@ pub struct RouteMetrics {
     pub upstream_seconds: prometheus::Histogram,
     /// Index `status - 100` for 100..=599; the last slot for anything else.
     by_status: Box<[OnceLock<prometheus::IntCounter>]>,
+    /// Resolved on the route's first claim-rule refusal: routes without rules show none.
+    claim_rule_refusals: OnceLock<prometheus::IntCounter>,
 }
 
 impl RouteMetrics {
@@ -24,7 +26,14 @@ impl RouteMetrics {
             request_seconds: metrics::REQUEST_SECONDS.with_label_values(&[route]),
             upstream_seconds: metrics::UPSTREAM_SECONDS.with_label_values(&[route]),
             by_status: (0..=500).map(|_| OnceLock::new()).collect(),
+            claim_rule_refusals: OnceLock::new(),
         }
+    }
+
+    /// The `portcullis_claim_rule_refusals_total` counter for this route.
+    pub fn claim_rule_refusals(&self) -> &prometheus::IntCounter {
+        self.claim_rule_refusals
+            .get_or_init(|| metrics::CLAIM_RULE_REFUSALS.with_label_values(&[self.route.as_str()]))
     }
 
     /// The `portcullis_requests_total` counter for this route and `status`.

@@ -54,6 +54,16 @@ metrics! {
         &["code"],
     );
 
+    /// Verified tokens refused by a route's claim rules (403 `insufficient_scope`), by route
+    /// pattern.
+    CLAIM_RULE_REFUSALS: IntCounterVec = IntCounterVec::new(
+        Opts::new(
+            "portcullis_claim_rule_refusals_total",
+            "Valid tokens refused by a route's require / require_scopes, by route pattern",
+        ),
+        &["route"],
+    );
+
     /// Time from the request header to the end of the response, by route pattern.
     REQUEST_SECONDS: HistogramVec = HistogramVec::new(
         HistogramOpts::new(

@@ -1,10 +1,11 @@
 //! The edge, black-box: the real `portcullis serve` in front of a recording upstream, one module
-//! per CONTRACT section it pins (1-5 and 7) and every rule of docs/edge-decisions.md. The
+//! per CONTRACT section it pins (1-5, 7 and 10) and every rule of docs/edge-decisions.md. The
 //! configs are built from the shared pieces in `tests/common/config.rs`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod claims;
 mod credentials;
 mod keys;
 mod ops;

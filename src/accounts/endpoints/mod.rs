@@ -231,7 +231,9 @@ fn authenticated_user(
     req: &Request<'_>,
 ) -> Result<(crate::authn::Verified, uuid::Uuid), Problem> {
     let token = req.token.ok_or_else(|| Problem::new(Code::MissingToken))?;
-    let who = id.auth.authenticate(token, now())?;
+    let who = id
+        .auth
+        .authenticate(token, now(), &crate::authn::ClaimRules::NONE)?;
     // An external issuer's token (`[[issuer]]`): its user has no account here, so there is
     // nothing of ours to sign out of or to show; signing out is the issuer's business.
     let not_ours = || Problem::new(Code::Forbidden).detail("This token was not issued here");

@@ -7,6 +7,6 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
     let (input, _) = credentials_request(id, &req)?;
     let hash = id.passwords.hash(&input.password).await?;
     let user = id.store.create_user(&input.email, &hash).await?;
-    let minted = id.issuer.mint(user.id, &user.email, now())?;
+    let minted = id.issuer.mint(user.id, &user.email, &user.roles, now())?;
     session_reply(id, 201, &user, &minted)
 }

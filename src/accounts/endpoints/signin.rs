@@ -23,6 +23,8 @@ pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
         .valid_after(creds.user.id)
         .and_then(|t| u64::try_from(t).ok())
         .map_or(now(), |t| t.max(now()));
-    let minted = id.issuer.mint(creds.user.id, &creds.user.email, iat)?;
+    let minted = id
+        .issuer
+        .mint(creds.user.id, &creds.user.email, &creds.user.roles, iat)?;
     session_reply(id, 200, &creds.user, &minted)
 }

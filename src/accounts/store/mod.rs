@@ -24,6 +24,8 @@ pub struct User {
     pub email: String,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// Set by `portcullis users roles`; own tokens carry them as `roles` (when not empty).
+    pub roles: Vec<String>,
 }
 
 /// A user with the bcrypt hash, for sign-in only.
@@ -71,6 +73,10 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
 
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError>;
 
+    /// Replaces the roles of the user with this email (case-insensitive); `None` when there is
+    /// no such user. `roles` is already validated ([`valid_roles`]).
+    async fn set_roles(&self, email: &str, roles: &[String]) -> Result<Option<User>, StoreError>;
+
     /// Records a revocation and tells the other replicas (Postgres: `NOTIFY`).
     async fn revoke(&self, user_id: Uuid, revocation: &Revocation) -> Result<(), StoreError>;
 
@@ -91,6 +97,37 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     fn pool_status(&self) -> Option<PoolStatus> {
         None
     }
+}
+
+/// Most roles one user may hold, and the longest role.
+pub const MAX_ROLES: usize = 32;
+pub const MAX_ROLE_BYTES: usize = 64;
+
+/// Roles as given on the command line, checked and in a canonical order (sorted, no
+/// duplicates): each 1..=64 bytes of `A-Za-z0-9` and `_.:-` (what a claim rule can name in TOML
+/// without quoting surprises and what no header or log line needs to escape).
+pub fn valid_roles(given: &[String]) -> Result<Vec<String>, String> {
+    let mut roles: Vec<String> = Vec::with_capacity(given.len());
+    for role in given {
+        let ok = !role.is_empty()
+            && role.len() <= MAX_ROLE_BYTES
+            && role
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        if !ok {
+            return Err(format!(
+                "role `{}` must be 1 to {MAX_ROLE_BYTES} of A-Z a-z 0-9 _ . : -",
+                role.escape_default()
+            ));
+        }
+        roles.push(role.clone());
+    }
+    roles.sort();
+    roles.dedup();
+    if roles.len() > MAX_ROLES {
+        return Err(format!("at most {MAX_ROLES} roles"));
+    }
+    Ok(roles)
 }
 
 /// A connection pool at one moment.

@@ -473,12 +473,16 @@ fn describe_target(config: &tokio_postgres::Config, mode: SslMode) -> String {
     format!("{host}:{port}/{db} (sslmode={})", mode.as_str())
 }
 
+/// The columns [`user_from`] reads.
+const USER_COLUMNS: &str = "id, email, created_at, updated_at, roles";
+
 fn user_from(row: &Row) -> Result<User, tokio_postgres::Error> {
     Ok(User {
         id: row.try_get("id")?,
         email: row.try_get("email")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        roles: row.try_get("roles")?,
     })
 }
 
@@ -511,8 +515,10 @@ impl UserStore for PostgresStore {
             let id = Uuid::new_v4();
             let row = client
                 .query_typed_one(
-                    "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3) \
-                     RETURNING id, email, created_at, updated_at",
+                    &format!(
+                        "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3) \
+                         RETURNING {USER_COLUMNS}"
+                    ),
                     &[
                         (&id, Type::UUID),
                         (&email, Type::TEXT),
@@ -537,8 +543,10 @@ impl UserStore for PostgresStore {
             let client = self.client().await?;
             let row = client
                 .query_typed_opt(
-                    "SELECT id, email, password_hash, created_at, updated_at FROM users \
-                     WHERE lower(email) = lower($1)",
+                    &format!(
+                        "SELECT {USER_COLUMNS}, password_hash FROM users \
+                         WHERE lower(email) = lower($1)"
+                    ),
                     &[(&email, Type::TEXT)],
                 )
                 .await
@@ -560,8 +568,29 @@ impl UserStore for PostgresStore {
             let client = self.client().await?;
             let row = client
                 .query_typed_opt(
-                    "SELECT id, email, created_at, updated_at FROM users WHERE id = $1",
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
                     &[(&id, Type::UUID)],
+                )
+                .await
+                .map_err(|e| self.map(&e))?;
+            row.as_ref()
+                .map(user_from)
+                .transpose()
+                .map_err(|e| self.map(&e))
+        })
+        .await
+    }
+
+    async fn set_roles(&self, email: &str, roles: &[String]) -> Result<Option<User>, StoreError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            let row = client
+                .query_typed_opt(
+                    &format!(
+                        "UPDATE users SET roles = $1, updated_at = now() \
+                         WHERE lower(email) = lower($2) RETURNING {USER_COLUMNS}"
+                    ),
+                    &[(&roles, Type::TEXT_ARRAY), (&email, Type::TEXT)],
                 )
                 .await
                 .map_err(|e| self.map(&e))?;

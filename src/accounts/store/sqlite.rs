@@ -184,13 +184,20 @@ fn uuid_from(text: &str) -> rusqlite::Result<Uuid> {
     Uuid::parse_str(text).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-/// Columns: id, email, created_at, updated_at (then anything else).
+/// The columns [`user_from`] reads, in its order.
+const USER_COLUMNS: &str = "id, email, created_at, updated_at, roles";
+
+/// Columns: [`USER_COLUMNS`] (then anything else).
 fn user_from(row: &Row<'_>) -> rusqlite::Result<User> {
+    let roles: String = row.get(4)?;
     Ok(User {
         id: uuid_from(&row.get::<_, String>(0)?)?,
         email: row.get(1)?,
         created_at: time_from_micros(row.get(2)?)?,
         updated_at: time_from_micros(row.get(3)?)?,
+        roles: serde_json::from_str(&roles).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
+        })?,
     })
 }
 
@@ -222,6 +229,7 @@ impl UserStore for SqliteStore {
                 email,
                 created_at: at,
                 updated_at: at,
+                roles: Vec::new(),
             })
         })
         .await
@@ -231,15 +239,15 @@ impl UserStore for SqliteStore {
         let email = email.to_owned();
         self.run(move |conn| {
             // `email` is declared COLLATE NOCASE: the comparison and the index ignore case.
-            conn.prepare_cached(
-                "SELECT id, email, created_at, updated_at, password_hash FROM users WHERE email = ?1",
-            )
+            conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = ?1"
+            ))
             .and_then(|mut select| {
                 select
                     .query_row([&email], |row| {
                         Ok(Credentials {
                             user: user_from(row)?,
-                            password_hash: row.get(4)?,
+                            password_hash: row.get(5)?,
                         })
                     })
                     .optional()
@@ -251,9 +259,27 @@ impl UserStore for SqliteStore {
 
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
         self.run(move |conn| {
-            conn.prepare_cached("SELECT id, email, created_at, updated_at FROM users WHERE id = ?1")
+            conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
                 .and_then(|mut select| select.query_row([id.to_string()], user_from).optional())
                 .map_err(|e| map(&e))
+        })
+        .await
+    }
+
+    async fn set_roles(&self, email: &str, roles: &[String]) -> Result<Option<User>, StoreError> {
+        let email = email.to_owned();
+        let roles = serde_json::to_string(roles).map_err(|e| StoreError::Other(e.to_string()))?;
+        self.run(move |conn| {
+            conn.prepare_cached(&format!(
+                "UPDATE users SET roles = ?1, updated_at = ?2 WHERE email = ?3 \
+                 RETURNING {USER_COLUMNS}"
+            ))
+            .and_then(|mut update| {
+                update
+                    .query_row(params![roles, now_micros(), email], user_from)
+                    .optional()
+            })
+            .map_err(|e| map(&e))
         })
         .await
     }
