@@ -449,6 +449,67 @@ email_claim = "mail"
 }
 
 #[test]
+fn claim_rules_hold_external_tokens_to_the_same_claims_and_scopes() {
+    let ba = JwksServer::start(jwks(&[k1()]));
+    let gw = gateway_with(
+        &ba.url(),
+        3600,
+        1,
+        r#"
+[[route]]
+path = "/admin/{*rest}"
+upstream = "app"
+auth = "required"
+require = { role = "admin" }
+require_scopes = ["tasks:write"]
+"#,
+    );
+    wait_ready(&gw);
+    let token = |f: fn(&mut serde_json::Map<String, Value>)| {
+        ed_token("ed25519.pem", "ba-1", &with(ba_claims("ba_user_7"), f))
+    };
+    let admin = token(|c| {
+        c.insert("role".into(), json!("admin"));
+        c.insert("scope".into(), json!("openid tasks:write"));
+    });
+    let r = bearer(&gw, "/admin/x", &admin);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_identity(
+        &r.seen(),
+        Some(("ba_user_7", Some("ba_user_7@app.example.test"))),
+    );
+    for refused in [
+        token(|_| {}),
+        token(|c| {
+            c.insert("role".into(), json!("admin"));
+        }),
+        token(|c| {
+            c.insert("role".into(), json!("user"));
+            c.insert("scp".into(), json!(["tasks:write"]));
+        }),
+    ] {
+        let r = bearer(&gw, "/admin/x", &refused);
+        assert_problem(&r, 403, "insufficient_scope");
+        assert_eq!(
+            r.headers_all("www-authenticate"),
+            [r#"Bearer realm="portcullis", error="insufficient_scope""#]
+        );
+    }
+    // An expired external token is 401 before any rule.
+    let expired = token(|c| {
+        c.insert("role".into(), json!("admin"));
+        c.insert("scope".into(), json!("tasks:write"));
+        c.insert("exp".into(), json!(now() - 3600));
+    });
+    assert_401(&bearer(&gw, "/admin/x", &expired), "token_expired", true);
+    assert_eq!(
+        gw.up().proxied_count(),
+        1,
+        "only the admin token was proxied"
+    );
+}
+
+#[test]
 fn bad_external_tokens_are_401_and_never_proxied() {
     let ba = JwksServer::start(jwks(&[k1()]));
     let gw = gateway(&ba.url(), 3600, 30);
