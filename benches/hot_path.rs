@@ -141,6 +141,7 @@ auth = "public"
         identity: None,
         in_flight: std::sync::Arc::default(),
         server_timing: false,
+        forward_auth: None,
     };
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

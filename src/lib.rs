@@ -131,6 +131,7 @@ fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
         identity: Some(identity),
         in_flight: Arc::clone(&in_flight),
         server_timing: config.server_timing,
+        forward_auth: config.forward_auth.clone(),
     };
 
     // The proxy, with a deadline for every request head (Pingora has none: `deadline`).

@@ -503,6 +503,38 @@ fn claim_rules_on_a_public_route_are_a_config_error() {
 }
 
 #[test]
+fn forward_auth_keys_are_checked() {
+    let on = |extra: &str| append(&format!("[forward_auth]\nenabled = true\n{extra}"));
+    assert_eq!(check(&on("")).code, Some(0), "{}", check(&on("")).stderr);
+    assert_eq!(
+        check(&on(
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\", \"192.168.1.7\"]"
+        ))
+        .code,
+        Some(0)
+    );
+    assert_one_problem(
+        &check(&on("trusted_proxies = [\"10.0.0.0/33\"]")),
+        &["forward_auth.trusted_proxies", "CIDR"],
+    );
+    assert_one_problem(&check(&on("trusted = []")), &["trusted"]);
+    assert_one_problem(
+        &check(&append(
+            "[forward_auth]\nenabled = true\n\n[[route]]\npath = \"/_portcullis/auth/{*rest}\"\nupstream = \"app\"\nauth = \"public\"",
+        )),
+        &["forward-auth"],
+    );
+    // Off, the prefix is a path like any other.
+    assert_eq!(
+        check(&append(
+            "[[route]]\npath = \"/_portcullis/auth/{*rest}\"\nupstream = \"app\"\nauth = \"public\"",
+        ))
+        .code,
+        Some(0)
+    );
+}
+
+#[test]
 fn duplicate_route_pattern_is_rejected() {
     assert_one_problem(
         &check(&append(

@@ -27,6 +27,31 @@ pub struct FileConfig {
     pub route: Vec<Route>,
     #[serde(default)]
     pub issuer: Vec<Issuer>,
+    #[serde(default)]
+    pub forward_auth: ForwardAuth,
+}
+
+/// `[forward_auth]` (CONTRACT section 11).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuth {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_forward_auth_proxies")]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ForwardAuth {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            trusted_proxies: default_forward_auth_proxies(),
+        }
+    }
+}
+
+fn default_forward_auth_proxies() -> Vec<String> {
+    vec!["127.0.0.1/32".to_owned()]
 }
 
 #[derive(Debug, Deserialize)]

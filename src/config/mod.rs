@@ -46,7 +46,18 @@ pub struct Config {
     /// In file order; patterns checked (canonical, owner a parameter, no two of one shape).
     pub routes: Vec<Route>,
     pub issuers: Vec<Issuer>,
+    /// `[forward_auth]` when `enabled` (CONTRACT section 11; `crate::edge::forward_auth`).
+    pub forward_auth: Option<ForwardAuth>,
 }
+
+/// The forward-auth endpoints, on: only peers in `trusted_proxies` may ask.
+#[derive(Debug, Clone)]
+pub struct ForwardAuth {
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Where the forward-auth endpoints live; no route may start with it while they are on.
+pub const FORWARD_AUTH_PREFIX: &str = "/_portcullis/auth/";
 
 /// An external issuer whose tokens are trusted (`[[issuer]]`), validated.
 #[derive(Debug, Clone)]
@@ -410,7 +421,7 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
     let upstreams = upstreams(&mut p, &raw.upstream);
     let routes = routes::validate(&mut p, &raw.route, &upstreams);
     let issuers = issuers(&mut p, &raw.issuer, &raw.tokens.issuer);
-
+    let forward_auth = forward_auth(&mut p, raw, &prefix);
     match (listen, admin_listen, tokens, cookie) {
         (Some(listen), Some(admin_listen), Some(tokens), Some(cookie)) if p.0.is_empty() => {
             Ok(Config {
@@ -431,6 +442,7 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
                 upstreams,
                 routes,
                 issuers,
+                forward_auth,
             })
         }
         _ => Err(p.0),
@@ -714,28 +726,59 @@ fn rate_limit(p: &mut Problems, raw: &file::RateLimit) -> RateLimit {
     if raw.failed_signins_per_email_per_minute == 0 {
         p.add("rate_limit.failed_signins_per_email_per_minute must be at least 1");
     }
-    let trusted_proxies = raw
-        .trusted_proxies
+    let trusted_proxies = cidrs(p, "rate_limit.trusted_proxies", &raw.trusted_proxies);
+    RateLimit {
+        per_ip_per_minute: raw.per_ip_per_minute,
+        failed_signins_per_email_per_minute: raw.failed_signins_per_email_per_minute,
+        trusted_proxies,
+    }
+}
+
+/// `[forward_auth]` when enabled: its CIDRs, and nothing else of the config under its prefix.
+fn forward_auth(p: &mut Problems, raw: &file::FileConfig, prefix: &str) -> Option<ForwardAuth> {
+    if !raw.forward_auth.enabled {
+        return None;
+    }
+    let trusted_proxies = cidrs(
+        p,
+        "forward_auth.trusted_proxies",
+        &raw.forward_auth.trusted_proxies,
+    );
+    for r in raw
+        .route
         .iter()
+        .filter(|r| r.path.starts_with(FORWARD_AUTH_PREFIX))
+    {
+        p.add(format!(
+            "route `{}`: {FORWARD_AUTH_PREFIX} is the forward-auth endpoints' while forward_auth.enabled",
+            r.path
+        ));
+    }
+    if format!("{prefix}/").starts_with(FORWARD_AUTH_PREFIX) {
+        p.add(format!(
+            "identity.prefix `{prefix}` is under the forward-auth endpoints' {FORWARD_AUTH_PREFIX}"
+        ));
+    }
+    Some(ForwardAuth { trusted_proxies })
+}
+
+/// A list of CIDRs (`key` names it in the problems); a bare address is a network of one.
+fn cidrs(p: &mut Problems, key: &str, raw: &[String]) -> Vec<IpNet> {
+    raw.iter()
         .filter_map(|cidr| {
-            // A bare address is a network of one.
             let net = cidr
                 .parse::<IpNet>()
                 .ok()
                 .or_else(|| cidr.parse::<std::net::IpAddr>().ok().map(IpNet::from));
             if net.is_none() {
                 p.add(format!(
-                    "rate_limit.trusted_proxies: `{cidr}` is not a CIDR (e.g. 10.0.0.0/8)"
+                    "{key}: `{}` is not a CIDR (e.g. 10.0.0.0/8)",
+                    cidr.escape_default()
                 ));
             }
             net
         })
-        .collect();
-    RateLimit {
-        per_ip_per_minute: raw.per_ip_per_minute,
-        failed_signins_per_email_per_minute: raw.failed_signins_per_email_per_minute,
-        trusted_proxies,
-    }
+        .collect()
 }
 
 fn upstreams(p: &mut Problems, raw: &[file::Upstream]) -> Vec<Upstream> {

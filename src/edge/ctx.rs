@@ -27,6 +27,8 @@ pub struct RequestCtx {
     pub timing: Timing,
     /// Counts this request as in flight until it ends (graceful shutdown waits for it).
     pub in_flight: Option<InFlightGuard>,
+    /// The peer's address, read only when forward-auth is on (its trusted proxies).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl RequestCtx {
@@ -41,6 +43,7 @@ impl RequestCtx {
             in_flight: None,
             cors_origin: None,
             timing: Timing::default(),
+            peer: None,
         }
     }
 }

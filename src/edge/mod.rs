@@ -4,12 +4,14 @@
 //! config checks route patterns with it too), the header policy (`headers`: strip, request id,
 //! credential, inject), CORS (`cors`), the route table (`routes`) and its metric handles
 //! (`route_metrics`), the load-balanced upstreams (`upstream`), the in-flight count graceful
-//! shutdown waits for (`drain`), and the opt-in `Server-Timing` of each response (`timing`).
+//! shutdown waits for (`drain`), the opt-in `Server-Timing` of each response (`timing`), and
+//! the same admission answered to another proxy (`forward_auth`).
 
 pub mod cors;
 pub mod ctx;
 pub mod deadline;
 pub mod drain;
+pub mod forward_auth;
 pub mod framing;
 pub mod headers;
 pub mod proxy;

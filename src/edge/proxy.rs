@@ -43,6 +43,16 @@ pub struct Gateway {
     pub metrics: crate::edge::route_metrics::TableMetrics,
     /// `server.server_timing`: a `Server-Timing` header on every response (`timing`).
     pub server_timing: bool,
+    /// `[forward_auth]` when enabled: the endpoints of `forward_auth`.
+    pub forward_auth: Option<crate::config::ForwardAuth>,
+}
+
+/// Whom the admission decides for: the proxy itself, or another proxy asking (`forward_auth`),
+/// for which the gateway's own endpoints are no route and nothing is forward-auth again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Proxy,
+    ForwardAuth,
 }
 
 /// What the gateway does with a request after looking at its header.
@@ -70,17 +80,18 @@ impl Gateway {
     /// Mutates the request header (target canonicalised, identity headers stripped) and fills
     /// `ctx`.
     pub fn admit(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, now: u64) -> Decision {
-        match self.admission(req, ctx, now) {
+        match self.admission(req, ctx, now, Mode::Proxy) {
             Ok(decision) => decision,
             Err(p) => Decision::problem(ctx, &p),
         }
     }
 
-    fn admission(
+    pub(super) fn admission(
         &self,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
         now: u64,
+        mode: Mode,
     ) -> Result<Decision, Problem> {
         // 0. A head an upstream could frame differently, or too large to be honest, goes no
         //    further (`framing`).
@@ -93,14 +104,27 @@ impl Gateway {
         let req = &*req;
         let credential = headers::credential(req, &self.cookie_name);
         let path = req.uri.path();
-        if path == JWKS_PATH {
-            return self.jwks();
+        // 3. The gateway's own endpoints come before the route table: no route can shadow
+        //    them. Asked by another proxy (`forward_auth`), they are no route.
+        if mode == Mode::Proxy
+            && let Some(fa) = &self.forward_auth
+            && crate::edge::forward_auth::is_endpoint(path)
+        {
+            return self.forward_auth(fa, req, ctx, now);
         }
-        // 3. The identity endpoints come before the route table: no route can shadow them.
+        if path == JWKS_PATH {
+            return match mode {
+                Mode::Proxy => self.jwks(),
+                Mode::ForwardAuth => Err(Problem::new(Code::NotFound)),
+            };
+        }
         let endpoint = self
             .identity
             .as_ref()
             .and_then(|i| i.route(&req.method, path));
+        if mode == Mode::ForwardAuth && endpoint.is_some() {
+            return Err(Problem::new(Code::NotFound));
+        }
         // 4. Cross-origin: preflights answered here, cross-site unsafe cookie requests refused.
         let cookie_auth = matches!(credential, Credential::Token(_, headers::Source::Cookie));
         let (origin, verdict) = self.cors.admit(req, cookie_auth, endpoint.is_some());
@@ -244,6 +268,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.forward_auth.is_some() {
+            ctx.peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(std::net::SocketAddr::ip);
+        }
         let admitting = self.server_timing.then(std::time::Instant::now);
         let decision = self.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
         if let Some(t) = admitting {

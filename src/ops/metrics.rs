@@ -64,6 +64,16 @@ metrics! {
         &["route"],
     );
 
+    /// Forward-auth answers (CONTRACT section 11), by asking proxy and result (`allow` or the
+    /// problem code).
+    FORWARD_AUTH_DECISIONS: IntCounterVec = IntCounterVec::new(
+        Opts::new(
+            "portcullis_forward_auth_decisions_total",
+            "Forward-auth answers, by asking proxy (nginx, traefik, envoy) and result",
+        ),
+        &["proxy", "result"],
+    );
+
     /// Time from the request header to the end of the response, by route pattern.
     REQUEST_SECONDS: HistogramVec = HistogramVec::new(
         HistogramOpts::new(
