@@ -142,6 +142,7 @@ auth = "public"
         in_flight: std::sync::Arc::default(),
         server_timing: false,
         forward_auth: None,
+        asserter: parts.asserter,
     };
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -50,6 +50,8 @@ pub struct Assembled {
     pub issuer: authn::issue::TokenIssuer,
     pub routes: edge::routes::RouteTable,
     pub cors: edge::cors::CorsPolicy,
+    /// `[assertion]`'s signer, its public key already in `keys`' JWKS.
+    pub asserter: Option<Arc<authn::assertion::Asserter>>,
 }
 
 /// Builds the [`Assembled`] parts, or every problem found, one line each.
@@ -68,13 +70,24 @@ pub fn assemble(config: &Config) -> Result<Assembled, Vec<String>> {
     let routes = edge::routes::RouteTable::new(&config.routes)
         .map_err(|p| problems.push(p))
         .ok();
+    let asserter = config.assertion.as_ref().and_then(|a| {
+        authn::assertion::Asserter::new(a, &config.tokens.issuer)
+            .map_err(|p| problems.push(p))
+            .ok()
+    });
     match (keys, issuer, routes) {
-        (Some(keys), Some(issuer), Some(routes)) if problems.is_empty() => Ok(Assembled {
-            keys: Arc::new(keys),
-            issuer,
-            routes,
-            cors: edge::cors::CorsPolicy::new(&config.cors),
-        }),
+        (Some(mut keys), Some(issuer), Some(routes)) if problems.is_empty() => {
+            if let Some(a) = &asserter {
+                keys.publish_also(a.jwk().clone());
+            }
+            Ok(Assembled {
+                keys: Arc::new(keys),
+                issuer,
+                routes,
+                cors: edge::cors::CorsPolicy::new(&config.cors),
+                asserter: asserter.map(Arc::new),
+            })
+        }
         _ => Err(problems.into_iter().map(config::one_line).collect()),
     }
 }
@@ -100,6 +113,7 @@ fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
         issuer,
         routes,
         cors,
+        asserter,
     } = parts;
     let revocations = Arc::new(revocation::Revocations::default());
     let issuers = Arc::new(issuers::Issuers::new(&config.issuers, keys.leeway_secs));
@@ -132,6 +146,7 @@ fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
         in_flight: Arc::clone(&in_flight),
         server_timing: config.server_timing,
         forward_auth: config.forward_auth.clone(),
+        asserter,
     };
 
     // The proxy, with a deadline for every request head (Pingora has none: `deadline`).

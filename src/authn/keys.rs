@@ -295,6 +295,20 @@ impl KeySet {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
+    /// Publishes one more public key (the `[assertion]` key) beside the token keys: with HS256
+    /// tokens the JWKS then holds it alone.
+    pub fn publish_also(&mut self, jwk: Value) {
+        let mut doc: Value = self
+            .jwks
+            .as_ref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_else(|| json!({ "keys": [] }));
+        if let Some(keys) = doc["keys"].as_array_mut() {
+            keys.push(jwk);
+        }
+        self.jwks = Some(Bytes::from(doc.to_string()));
+    }
+
     /// The JWKS document (RFC 7517) when there are public keys to publish.
     pub fn jwks(&self) -> Option<&Bytes> {
         self.jwks.as_ref()

@@ -29,6 +29,29 @@ pub struct FileConfig {
     pub issuer: Vec<Issuer>,
     #[serde(default)]
     pub forward_auth: ForwardAuth,
+    pub assertion: Option<Assertion>,
+}
+
+/// `[assertion]` (CONTRACT section 9): the key that signs identity assertions for upstreams.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assertion {
+    #[serde(default = "default_assertion_header")]
+    pub header: String,
+    pub private_key_file: Option<String>,
+    pub kid: Option<String>,
+    #[serde(default = "default_assertion_ttl")]
+    pub ttl_secs: u64,
+    #[serde(default)]
+    pub bind_request: bool,
+}
+
+fn default_assertion_header() -> String {
+    "X-Portcullis-Assertion".to_owned()
+}
+
+fn default_assertion_ttl() -> u64 {
+    60
 }
 
 /// `[forward_auth]` (CONTRACT section 11).
@@ -243,6 +266,9 @@ pub struct Upstream {
     pub health_check_interval_ms: u64,
     #[serde(default)]
     pub forward_token: bool,
+    /// A signed identity assertion on requests with identity (CONTRACT section 9).
+    #[serde(default)]
+    pub assertion: bool,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -268,6 +294,8 @@ pub struct Route {
     /// Values are checked by `config::routes`, so that a wrong shape gets a clear line.
     pub require: Option<toml::Value>,
     pub require_scopes: Option<toml::Value>,
+    /// Overrides the upstream's `assertion`.
+    pub assertion: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

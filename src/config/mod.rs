@@ -48,6 +48,8 @@ pub struct Config {
     pub issuers: Vec<Issuer>,
     /// `[forward_auth]` when `enabled` (CONTRACT section 11; `crate::edge::forward_auth`).
     pub forward_auth: Option<ForwardAuth>,
+    /// `[assertion]` (CONTRACT section 9; `crate::authn::assertion`).
+    pub assertion: Option<Assertion>,
 }
 
 /// The forward-auth endpoints, on: only peers in `trusted_proxies` may ask.
@@ -264,6 +266,89 @@ pub struct Upstream {
     pub read_timeout: Duration,
     pub health_check_interval: Duration,
     pub forward_token: bool,
+    /// Requests with identity carry a signed assertion (unless their route says otherwise).
+    pub assertion: bool,
+}
+
+/// `[assertion]`, validated: the signing key is read, not yet parsed (`authn::assertion`
+/// parses it and reports what it refuses under its `source`).
+#[derive(Debug, Clone)]
+pub struct Assertion {
+    pub header: http::HeaderName,
+    pub key: KeyMaterial,
+    pub kid: String,
+    pub ttl: Duration,
+    pub bind_request: bool,
+}
+
+/// Headers an assertion may not be carried in: the identity, the credential, framing.
+const NOT_ASSERTION_HEADERS: [&str; 9] = [
+    "x-user-id",
+    "x-user-email",
+    "x-request-id",
+    "authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+fn assertion(p: &mut Problems, raw: Option<&file::Assertion>) -> Option<Assertion> {
+    let raw = raw?;
+    let header = match http::HeaderName::from_bytes(raw.header.as_bytes()) {
+        Ok(h)
+            if NOT_ASSERTION_HEADERS.contains(&h.as_str()) || h.as_str().starts_with("x-user-") =>
+        {
+            p.add(format!(
+                "assertion.header `{}` is a header the gateway sets or strips itself",
+                raw.header
+            ));
+            None
+        }
+        Ok(h) => Some(h),
+        Err(_) => {
+            p.add(format!(
+                "assertion.header `{}` is not a header name",
+                raw.header.escape_default()
+            ));
+            None
+        }
+    };
+    if !(1..=300).contains(&raw.ttl_secs) {
+        p.add("assertion.ttl_secs must be between 1 and 300");
+    }
+    let kid = match raw.kid.as_deref() {
+        Some(k) if !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(k.to_owned())
+        }
+        Some(_) => {
+            p.add("assertion.kid must be 1 to 128 visible ASCII characters");
+            None
+        }
+        None => {
+            p.add("assertion.kid is required");
+            None
+        }
+    };
+    let key = if let Some(file) = raw.private_key_file.as_deref() {
+        readable(p, "assertion.private_key_file", file).map(|bytes| KeyMaterial {
+            kid: kid.clone(),
+            form: KeyForm::PrivatePem,
+            bytes,
+            source: format!("assertion.private_key_file `{file}`"),
+        })
+    } else {
+        p.add("assertion.private_key_file is required (Ed25519 or P-256, PKCS#8 PEM)");
+        None
+    };
+    Some(Assertion {
+        header: header?,
+        key: key?,
+        kid: kid?,
+        ttl: Duration::from_secs(raw.ttl_secs),
+        bind_request: raw.bind_request,
+    })
 }
 
 /// Where secrets and overrides come from; the process environment in production, a map in tests.
@@ -422,6 +507,15 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
     let routes = routes::validate(&mut p, &raw.route, &upstreams);
     let issuers = issuers(&mut p, &raw.issuer, &raw.tokens.issuer);
     let forward_auth = forward_auth(&mut p, raw, &prefix);
+    let assertion_conf = assertion(&mut p, raw.assertion.as_ref());
+    if raw.assertion.is_none() {
+        for r in routes.iter().filter(|r| r.assertion) {
+            p.add(format!(
+                "route `{}`: assertion = true needs an [assertion] section (its key)",
+                r.pattern
+            ));
+        }
+    }
     match (listen, admin_listen, tokens, cookie) {
         (Some(listen), Some(admin_listen), Some(tokens), Some(cookie)) if p.0.is_empty() => {
             Ok(Config {
@@ -443,6 +537,7 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
                 routes,
                 issuers,
                 forward_auth,
+                assertion: assertion_conf,
             })
         }
         _ => Err(p.0),
@@ -815,6 +910,7 @@ fn upstreams(p: &mut Problems, raw: &[file::Upstream]) -> Vec<Upstream> {
             read_timeout: Duration::from_millis(u.read_timeout_ms),
             health_check_interval: Duration::from_millis(u.health_check_interval_ms),
             forward_token: u.forward_token,
+            assertion: u.assertion,
         });
     }
     out

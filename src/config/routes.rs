@@ -38,6 +38,9 @@ pub struct Route {
     pub forward_token: bool,
     /// What a verified token's claims must hold (CONTRACT section 10; `authn::rules`).
     pub rules: ClaimRules,
+    /// A signed identity assertion for the upstream (CONTRACT section 9): the route's
+    /// `assertion`, else its upstream's.
+    pub assertion: bool,
 }
 
 /// A route's claim rules: every `require` entry and every scope must be met, else 403
@@ -73,6 +76,7 @@ impl Route {
             owner: owner.map(Into::into),
             forward_token: false,
             rules: ClaimRules::default(),
+            assertion: false,
         }
     }
 
@@ -135,6 +139,10 @@ pub(super) fn validate(
             owner: r.owner.clone(),
             forward_token: r.forward_token,
             rules,
+            assertion: r
+                .assertion
+                .or_else(|| upstream.map(|u| upstreams[u].assertion))
+                .unwrap_or(false),
         };
         if let Err(e) = check_pattern(&routes, &route) {
             p.add(e);

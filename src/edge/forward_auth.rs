@@ -206,7 +206,15 @@ impl Gateway {
             }
         }
         match self.admission(&mut original, ctx, now, super::proxy::Mode::ForwardAuth)? {
-            Decision::Proxy => Ok(allow(ctx)),
+            Decision::Proxy => {
+                let assertion = self.assertion(&original, ctx);
+                let mut allowed = allow(ctx);
+                if let (Some((name, value)), Decision::Respond(head, _)) = (assertion, &mut allowed)
+                {
+                    let _ = head.insert_header(name, value);
+                }
+                Ok(allowed)
+            }
             // A preflight: allowed, without identity.
             Decision::Respond(head, _) if head.status.as_u16() == 204 => {
                 ctx.identity = None;

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub server_timing: bool,
     /// `[forward_auth]` when enabled: the endpoints of `forward_auth`.
     pub forward_auth: Option<crate::config::ForwardAuth>,
+    /// `[assertion]`: signs the identity assertion of routes with `assertion` on.
+    pub asserter: Option<Arc<authn::assertion::Asserter>>,
 }
 
 /// Whom the admission decides for: the proxy itself, or another proxy asking (`forward_auth`),
@@ -101,6 +103,10 @@ impl Gateway {
         // 2. The client never sets identity, on any route; the credential is read once
         //    (`headers`).
         ctx.request_id = Some(headers::strip_and_identify(req));
+        if let Some(a) = &self.asserter {
+            // Only the gateway says what the assertion header holds.
+            let _ = req.remove_header(a.header());
+        }
         let req = &*req;
         let credential = headers::credential(req, &self.cookie_name);
         let path = req.uri.path();
@@ -189,8 +195,12 @@ impl Gateway {
         Ok(Decision::Respond(Box::new(head), doc.clone()))
     }
 
-    /// What reaches the upstream: identity injected, credential removed, request id set.
+    /// What reaches the upstream: identity injected (with its signed assertion where the route
+    /// has one), credential removed, request id set.
     pub fn prepare_upstream(&self, req: &mut RequestHeader, ctx: &RequestCtx) {
+        if let Some((name, value)) = self.assertion(req, ctx) {
+            let _ = req.insert_header(name, value);
+        }
         if !ctx.forward_token {
             headers::remove_credentials(req, &self.cookie_name);
         }
@@ -200,6 +210,42 @@ impl Gateway {
         if let Some(id) = &ctx.request_id {
             let _ = req.insert_header(X_REQUEST_ID.clone(), id.clone());
         }
+    }
+
+    /// The assertion header for a request with identity on a route with `assertion` on, read
+    /// before the credential is removed (the cache is keyed by the token).
+    pub(super) fn assertion(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Option<(http::HeaderName, http::HeaderValue)> {
+        let a = self.asserter.as_ref()?;
+        let who = ctx.identity.as_ref()?;
+        let route = &self.routes.routes()[ctx.route?];
+        if !route.assertion {
+            return None;
+        }
+        let Credential::Token(token, _) = headers::credential(req, &self.cookie_name) else {
+            return None;
+        };
+        let target = req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path(), http::uri::PathAndQuery::as_str);
+        let bound = authn::assertion::Bound {
+            method: req.method.as_str(),
+            target,
+        };
+        let upstream = &self.upstreams[route.upstream];
+        let value = a.for_request(
+            token,
+            route.upstream,
+            &upstream.name,
+            who,
+            crate::clock::unix_secs(),
+            bound,
+        )?;
+        Some((a.header().clone(), value))
     }
 
     /// Runs an identity endpoint: the accounts wing reads the request and answers.

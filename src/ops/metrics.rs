@@ -64,6 +64,16 @@ metrics! {
         &["route"],
     );
 
+    /// Identity assertions handed to upstreams (CONTRACT section 9), by how: `minted` or
+    /// `cached`.
+    ASSERTIONS: IntCounterVec = IntCounterVec::new(
+        Opts::new(
+            "portcullis_assertions_total",
+            "Signed identity assertions handed to upstreams, minted or from the cache",
+        ),
+        &["result"],
+    );
+
     /// Forward-auth answers (CONTRACT section 11), by asking proxy and result (`allow` or the
     /// problem code).
     FORWARD_AUTH_DECISIONS: IntCounterVec = IntCounterVec::new(
