@@ -37,31 +37,65 @@ fn bearer(gw: &Gateway, path: &str, token: &str) -> Response {
     gw.get(path, &[("Authorization", &format!("Bearer {token}"))])
 }
 
+// docs/downstream.md, Rust: begin
+/// Verifies a Portcullis identity assertion with the gateway's JWKS document (fetch it from
+/// `/.well-known/jwks.json` and cache it; refetch on an unknown `kid`).
+fn verify_assertion(
+    jwks: &serde_json::Value,
+    assertion: &str,
+    audience: &str,
+    issuer: &str,
+) -> Result<serde_json::Value, String> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
+    let set: JwkSet = serde_json::from_value(jwks.clone()).map_err(|e| e.to_string())?;
+    let kid = decode_header(assertion).map_err(|e| e.to_string())?.kid;
+    let jwk = kid
+        .and_then(|k| set.find(&k).cloned())
+        .ok_or("unknown kid")?;
+    // The algorithm comes from the published key, never from the assertion's header.
+    let alg = match jwk.common.key_algorithm.map(|a| a.to_string()).as_deref() {
+        Some("EdDSA") => Algorithm::EdDSA,
+        Some("ES256") => Algorithm::ES256,
+        other => return Err(format!("unexpected key algorithm {other:?}")),
+    };
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+    let mut v = Validation::new(alg);
+    v.set_audience(&[audience]); // this service's upstream name in Portcullis
+    v.set_issuer(&[issuer]); // Portcullis's tokens.issuer
+    v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
+    v.leeway = 5;
+    decode::<serde_json::Value>(assertion, &key, &v)
+        .map(|data| data.claims)
+        .map_err(|e| e.to_string())
+}
+// docs/downstream.md, Rust: end
+
+/// The one assertion the upstream received.
+#[track_caller]
+fn assertion_of(r: &Response) -> String {
+    r.seen().one(HEADER).expect("the upstream got an assertion")
+}
+
 /// The assertion the upstream received, verified with the gateway's published key: its
 /// claims. Fails unless it verifies for `aud`.
 #[track_caller]
 fn verified(gw: &Gateway, r: &Response, aud: &str) -> Value {
-    let seen = r.seen();
-    let jwt = seen.one(HEADER).expect("the upstream got an assertion");
+    let jwt = assertion_of(r);
     let jwks = gw.get("/.well-known/jwks.json", &[]).json();
-    let header = jsonwebtoken::decode_header(&jwt).unwrap();
-    assert_eq!(header.kid.as_deref(), Some("assert-1"));
-    let jwk = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["kid"] == "assert-1")
-        .expect("the assertion key is in the JWKS")
-        .clone();
-    assert_eq!(jwk["use"], "sig");
-    let key = jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(jwk).unwrap()).unwrap();
-    let mut v = jsonwebtoken::Validation::new(header.alg);
-    v.set_audience(&[aud]);
-    v.set_issuer(&["portcullis"]);
-    v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
-    jsonwebtoken::decode::<Value>(&jwt, &key, &v)
+    assert_eq!(
+        jsonwebtoken::decode_header(&jwt).unwrap().kid.as_deref(),
+        Some("assert-1")
+    );
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == "assert-1" && k["use"] == "sig"),
+        "the assertion key is in the JWKS: {jwks}"
+    );
+    verify_assertion(&jwks, &jwt, aud, "portcullis")
         .unwrap_or_else(|e| panic!("the assertion does not verify for {aud}: {e}"))
-        .claims
 }
 
 #[test]
@@ -293,5 +327,85 @@ fn assertion_config_mistakes_are_refused_one_line_each() {
         let err = bad(section);
         assert_eq!(err.lines().count(), 1, "{section}: {err}");
         assert!(err.contains(says), "{section}: {err}");
+    }
+}
+
+/// Runs one of docs/downstream's snippets: (exit code, stdout).
+fn snippet(program: &str, script: &str, args: &[&str]) -> (Option<i32>, String) {
+    let dir = manifest_dir().join("docs/downstream");
+    let out = std::process::Command::new(program)
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {script}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError") && !stderr.contains("ERR_MODULE_NOT_FOUND"),
+        "{script}: its packages are missing (.ci/run installs them: pip install -r \
+         docs/downstream/requirements.txt, npm ci --prefix docs/downstream): {stderr}"
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_python_node_and_rust_snippets_verify_a_live_assertion_and_refuse_bad_ones() {
+    for key in ["ed25519.pem", "p256.pem"] {
+        let gw = Gateway::start(&config(key, false, ""), &[]);
+        let me = new_sub();
+        let jwt = assertion_of(&bearer(&gw, "/req/x", &token_for(&me)));
+        let jwks_url = format!("http://{}/.well-known/jwks.json", gw.addr);
+        let jwks = gw.get("/.well-known/jwks.json", &[]).json();
+        assert_eq!(
+            verify_assertion(&jwks, &jwt, "app", "portcullis").unwrap()["sub"],
+            me.as_str()
+        );
+        // A byte of the signature changed, another service's audience, another issuer.
+        let forged = tamper_signature(&jwt);
+        for (program, script) in [("python3", "verify.py"), ("node", "verify.mjs")] {
+            let (code, out) = snippet(program, script, &[&jwks_url, "app", "portcullis", &jwt]);
+            assert_eq!(code, Some(0), "{script} ({key}): {out}");
+            let claims: Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(claims["sub"], me.as_str(), "{script}");
+            assert_eq!(claims["aud"], "app");
+            for (aud, iss, token) in [
+                ("app", "portcullis", forged.as_str()),
+                ("billing", "portcullis", jwt.as_str()),
+                ("app", "someone-else", jwt.as_str()),
+            ] {
+                let (code, out) = snippet(program, script, &[&jwks_url, aud, iss, token]);
+                assert_eq!(code, Some(1), "{script} accepted {aud} {iss}: {out}");
+                assert!(out.starts_with("refused"), "{out}");
+            }
+            assert!(verify_assertion(&jwks, &forged, "app", "portcullis").is_err());
+            assert!(verify_assertion(&jwks, &jwt, "billing", "portcullis").is_err());
+        }
+    }
+}
+
+#[test]
+fn docs_downstream_shows_the_snippets_the_tests_run() {
+    let doc = std::fs::read_to_string(manifest_dir().join("docs/downstream.md")).unwrap();
+    let dir = manifest_dir().join("docs/downstream");
+    let this = std::fs::read_to_string(manifest_dir().join("tests/assertions.rs")).unwrap();
+    let rust = this
+        .split("// docs/downstream.md, Rust: begin\n")
+        .nth(1)
+        .and_then(|s| s.split("// docs/downstream.md, Rust: end").next())
+        .unwrap();
+    let py = std::fs::read_to_string(dir.join("verify.py")).unwrap();
+    let node = std::fs::read_to_string(dir.join("verify.mjs")).unwrap();
+    for (what, text) in [
+        ("Rust", rust),
+        ("Python", py.as_str()),
+        ("Node", node.as_str()),
+    ] {
+        assert!(
+            doc.contains(text.trim()),
+            "docs/downstream.md must show the {what} snippet as run"
+        );
     }
 }

@@ -198,6 +198,26 @@ pub fn section(targets: &[Target], rows: &[Row], secs: u64, rounds: u64, out: &m
             "≥ 0.95 (cheap enough to leave on)".into(),
         ]);
     }
+    for (name, target) in [
+        (REQUIRED_HS256_ASSERTED, "≥ 0.95"),
+        (REQUIRED_HS256_BOUND_ED, "— (signed per request)"),
+        (REQUIRED_HS256_BOUND_P256, "— (signed per request)"),
+    ] {
+        if let (Some(off), Some(on)) = (
+            find(targets, rows, REQUIRED_HS256, 2, DEFAULT_LOG),
+            find(targets, rows, name, 2, DEFAULT_LOG),
+        ) {
+            ratios.push(vec![
+                format!("required HS256 / {name}, 2 threads: req/s (CPU µs added per request)"),
+                format!(
+                    "{:.3} (+{:.1} µs)",
+                    on.rps / off.rps,
+                    on.cpu_us - off.cpu_us
+                ),
+                target.into(),
+            ]);
+        }
+    }
     out.push('\n');
     table(out, &["ratio", "measured", "target"], &ratios);
 }
@@ -206,6 +226,9 @@ pub const PUBLIC: &str = "portcullis public route";
 pub const REQUIRED_HS256: &str = "portcullis required, HS256";
 pub const REQUIRED_HS256_TIMED: &str = "portcullis required, HS256, Server-Timing on";
 pub const REQUIRED_EDDSA: &str = "portcullis required, EdDSA";
+pub const REQUIRED_HS256_ASSERTED: &str = "portcullis required, HS256, assertion (cached)";
+pub const REQUIRED_HS256_BOUND_ED: &str = "portcullis required, HS256, assertion bound, Ed25519";
+pub const REQUIRED_HS256_BOUND_P256: &str = "portcullis required, HS256, assertion bound, P-256";
 pub const HAPROXY: &str = "haproxy jwt_verify HS256";
 /// The label of the default log level in the table.
 pub const DEFAULT_LOG: &str = "info (default)";

@@ -148,6 +148,8 @@ struct Run {
     threads: u64,
     log: Option<&'static str>,
     server_timing: bool,
+    /// Signed identity assertions on (CONTRACT 9): the key fixture and `bind_request`.
+    assertion: Option<(&'static str, bool)>,
 }
 
 impl Run {
@@ -156,6 +158,7 @@ impl Run {
         threads: 2,
         log: None,
         server_timing: false,
+        assertion: None,
     };
 }
 
@@ -170,6 +173,16 @@ fn start_portcullis(
     let admin = free_port();
     let threads = run.threads;
     let server_timing = run.server_timing;
+    let (assertion, assertion_section) = match run.assertion {
+        Some((key, bind)) => (
+            true,
+            format!(
+                "[assertion]\nprivate_key_file = \"{}\"\nkid = \"load-assert\"\nbind_request = {bind}\n",
+                manifest().join("tests/fixtures/keys").join(key).display()
+            ),
+        ),
+        None => (false, String::new()),
+    };
     let conf = dir.join(format!("{name}.toml"));
     std::fs::write(
         &conf,
@@ -184,6 +197,7 @@ server_timing = {server_timing}
 [store]
 url = "sqlite://{dir}/{name}.db"
 {tokens}
+{assertion_section}
 [rate_limit]
 # The sign-in flood must reach bcrypt (a flood from many addresses would): no per-IP cut-off.
 per_ip_per_minute = 100000000
@@ -191,6 +205,7 @@ failed_signins_per_email_per_minute = 100000000
 [[upstream]]
 name = "app"
 addrs = ["127.0.0.1:{upstream}"]
+assertion = {assertion}
 [[route]]
 path = "/api/{{user_id}}/{{*rest}}"
 upstream = "app"
@@ -827,6 +842,7 @@ impl Matrix {
                     threads,
                     log,
                     server_timing: false,
+                    assertion: None,
                 };
                 let tag = format!("t{threads}-{}", log.unwrap_or("default"));
                 for (alg, tokens) in [("hs", HS_TOKENS), ("ed", ed_tokens.as_str())] {
@@ -865,22 +881,7 @@ impl Matrix {
                 }
             }
             if threads == 2 {
-                // What `Server-Timing` costs (CONTRACT 15): the default run with it on.
-                let run = Run {
-                    server_timing: true,
-                    ..Run::DEFAULT
-                };
-                let port = free_port();
-                let gw = start_portcullis(dir, "hs-timed", port, up, HS_TOKENS, run);
-                m.targets.push(cpu::Target {
-                    name: cpu::REQUIRED_HS256_TIMED,
-                    threads,
-                    log: cpu::DEFAULT_LOG,
-                    url: format!("http://127.0.0.1:{port}{api}"),
-                    token: Some(hs.to_owned()),
-                    pid: gw.proc.0.id(),
-                });
-                m.gateways.push(("hs-timed", threads, None, gw, port));
+                m.start_costed_features(dir, up, api, hs);
             }
             let port = free_port();
             let hap = start_haproxy(dir, port, up, threads);
@@ -895,6 +896,67 @@ impl Matrix {
             m.haproxies.push((threads, hap, port));
         }
         m
+    }
+
+    /// The default run (two threads, default log) with one costed feature on each: what
+    /// `Server-Timing` (CONTRACT 15) and identity assertions (CONTRACT 9) cost.
+    fn start_costed_features(&mut self, dir: &Path, up: u16, api: &str, hs: &str) {
+        let m = self;
+        let threads = 2;
+        // What `Server-Timing` costs (CONTRACT 15): the default run with it on.
+        let run = Run {
+            server_timing: true,
+            ..Run::DEFAULT
+        };
+        let port = free_port();
+        let gw = start_portcullis(dir, "hs-timed", port, up, HS_TOKENS, run);
+        m.targets.push(cpu::Target {
+            name: cpu::REQUIRED_HS256_TIMED,
+            threads,
+            log: cpu::DEFAULT_LOG,
+            url: format!("http://127.0.0.1:{port}{api}"),
+            token: Some(hs.to_owned()),
+            pid: gw.proc.0.id(),
+        });
+        m.gateways.push(("hs-timed", threads, None, gw, port));
+        // What assertions cost (CONTRACT 9): cached, and bound per request with each
+        // key type.
+        for (name, tag, key, bind) in [
+            (
+                cpu::REQUIRED_HS256_ASSERTED,
+                "hs-asserted",
+                "ed25519.pem",
+                false,
+            ),
+            (
+                cpu::REQUIRED_HS256_BOUND_ED,
+                "hs-bound-ed",
+                "ed25519.pem",
+                true,
+            ),
+            (
+                cpu::REQUIRED_HS256_BOUND_P256,
+                "hs-bound-p256",
+                "p256.pem",
+                true,
+            ),
+        ] {
+            let run = Run {
+                assertion: Some((key, bind)),
+                ..Run::DEFAULT
+            };
+            let port = free_port();
+            let gw = start_portcullis(dir, tag, port, up, HS_TOKENS, run);
+            m.targets.push(cpu::Target {
+                name,
+                threads,
+                log: cpu::DEFAULT_LOG,
+                url: format!("http://127.0.0.1:{port}{api}"),
+                token: Some(hs.to_owned()),
+                pid: gw.proc.0.id(),
+            });
+            m.gateways.push((tag, threads, None, gw, port));
+        }
     }
 
     /// The gateway `alg` ("hs" or "ed") running as `run`, and its port.
