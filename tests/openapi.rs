@@ -288,6 +288,9 @@ fn document_is_openapi_3_1_with_the_identity_paths_and_consistent() {
         ("/api/v1/auth/signout", "post", "signout"),
         ("/api/v1/auth/me", "get", "me"),
         ("/.well-known/jwks.json", "get", "jwks"),
+        ("/_portcullis/auth/nginx", "get", "forwardAuthNginx"),
+        ("/_portcullis/auth/traefik", "get", "forwardAuthTraefik"),
+        ("/_portcullis/auth/envoy/{path}", "get", "forwardAuthEnvoy"),
     ];
     for (path, method, id) in ops {
         assert_eq!(spec.operation_id(path, method), id, "{method} {path}");
@@ -918,5 +921,69 @@ fn store_down_is_503_with_retry_after() {
         ("signin", 503),
         ("signout", 503),
         ("me", 503),
+    ]);
+}
+
+#[test]
+fn forward_auth_answers_are_the_documented_ones() {
+    let spec = Spec::load();
+    let conf = TestConfig::new()
+        .server("grace_period_secs = 0")
+        .default_cookie()
+        .section("[forward_auth]\nenabled = true\n")
+        .app(&[])
+        .owner_route()
+        .route("/public/{*rest}", "app", "public", &[])
+        .route(
+            "/admin/{*rest}",
+            "app",
+            "required",
+            &[r#"require = { roles = "admin" }"#],
+        )
+        .build();
+    let g = Gateway::start(&conf, &[]);
+    let me = common::new_sub();
+    let token = hs256(&common::claims(&me));
+    let auth = bearer(&token);
+    let nginx = |uri: &str, extra: &[(&str, &str)]| {
+        let mut h = vec![("X-Original-Method", "GET"), ("X-Original-URI", uri)];
+        h.extend_from_slice(extra);
+        g.get("/_portcullis/auth/nginx", &h)
+    };
+    let owner = format!("/api/{me}/tasks/1");
+    let other = format!("/api/{}/tasks/1", common::new_sub());
+    for (r, status) in [
+        (nginx(&owner, &[("Authorization", &auth)]), 200),
+        (nginx("/public/x", &[]), 200),
+        (nginx("/x", &[("Authorization", &auth)]), 404),
+        (nginx(&owner, &[]), 401),
+        (nginx(&other, &[("Authorization", &auth)]), 403),
+        (nginx("/admin/x", &[("Authorization", &auth)]), 403),
+        (g.get("/_portcullis/auth/nginx", &[]), 400),
+    ] {
+        assert_eq!(r.status, status, "{}", r.text());
+        spec.check("/_portcullis/auth/nginx", "get", &r);
+    }
+    let r = g.get(
+        "/_portcullis/auth/traefik",
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", &owner),
+            ("Authorization", &auth),
+        ],
+    );
+    assert_eq!(r.header("x-user-id"), Some(me.as_str()));
+    spec.check("/_portcullis/auth/traefik", "get", &r);
+    let r = g.get(&format!("/_portcullis/auth/envoy{owner}"), &[("Authorization", &auth)]);
+    assert_eq!(r.header("x-user-id"), Some(me.as_str()));
+    spec.check("/_portcullis/auth/envoy/{path}", "get", &r);
+    spec.assert_covered(&[
+        ("forwardAuthNginx", 200),
+        ("forwardAuthNginx", 400),
+        ("forwardAuthNginx", 401),
+        ("forwardAuthNginx", 403),
+        ("forwardAuthNginx", 404),
+        ("forwardAuthTraefik", 200),
+        ("forwardAuthEnvoy", 200),
     ]);
 }
