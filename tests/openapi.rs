@@ -974,7 +974,10 @@ fn forward_auth_answers_are_the_documented_ones() {
     );
     assert_eq!(r.header("x-user-id"), Some(me.as_str()));
     spec.check("/_portcullis/auth/traefik", "get", &r);
-    let r = g.get(&format!("/_portcullis/auth/envoy{owner}"), &[("Authorization", &auth)]);
+    let r = g.get(
+        &format!("/_portcullis/auth/envoy{owner}"),
+        &[("Authorization", &auth)],
+    );
     assert_eq!(r.header("x-user-id"), Some(me.as_str()));
     spec.check("/_portcullis/auth/envoy/{path}", "get", &r);
     spec.assert_covered(&[
