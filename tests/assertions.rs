@@ -48,7 +48,12 @@ fn verify_assertion(
 ) -> Result<serde_json::Value, String> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
     let set: JwkSet = serde_json::from_value(jwks.clone()).map_err(|e| e.to_string())?;
-    let kid = decode_header(assertion).map_err(|e| e.to_string())?.kid;
+    let header = decode_header(assertion).map_err(|e| e.to_string())?;
+    // Explicitly typed: a user's own token (same issuer, same JWKS) is never an assertion.
+    if header.typ.as_deref() != Some("portcullis-assertion+jwt") {
+        return Err("not a Portcullis assertion (typ)".into());
+    }
+    let kid = header.kid;
     let jwk = kid
         .and_then(|k| set.find(&k).cloned())
         .ok_or("unknown kid")?;
@@ -323,6 +328,14 @@ fn assertion_config_mistakes_are_refused_one_line_each() {
             &format!("[assertion]\n{key}algorithm = \"EdDSA\"\n"),
             "algorithm",
         ),
+        (
+            &format!("[assertion]\n{key}header = \"Origin\"\n"),
+            "assertion.header",
+        ),
+        (
+            &format!("[assertion]\n{key}header = \"X-Forwarded-Assertion\"\n"),
+            "assertion.header",
+        ),
     ] {
         let err = bad(section);
         assert_eq!(err.lines().count(), 1, "{section}: {err}");
@@ -387,6 +400,45 @@ fn the_python_node_and_rust_snippets_verify_a_live_assertion_and_refuse_bad_ones
 }
 
 #[test]
+fn a_users_own_token_never_passes_for_an_assertion_in_any_snippet() {
+    // EdDSA tokens: the token key k1 is in the same JWKS as the assertion key, with the same
+    // issuer. A token minted for the audience `app` then differs from an assertion only by its
+    // `typ`, which every snippet checks.
+    let conf = config("p256.pem", false, "").replace(cfg::HS256, cfg::EDDSA);
+    let gw = Gateway::start(&conf, &[]);
+    let me = new_sub();
+    let forged = sign_pem(
+        jsonwebtoken::Algorithm::EdDSA,
+        "ed25519.pem",
+        Some("k1"),
+        &claims_with(&me, |c| {
+            c.insert("aud".into(), json!("app"));
+        }),
+    );
+    let jwks_url = format!("http://{}/.well-known/jwks.json", gw.addr);
+    let jwks = gw.get("/.well-known/jwks.json", &[]).json();
+    let e = verify_assertion(&jwks, &forged, "app", "portcullis").unwrap_err();
+    assert!(e.contains("typ"), "{e}");
+    for (program, script) in [("python3", "verify.py"), ("node", "verify.mjs")] {
+        let (code, out) = snippet(program, script, &[&jwks_url, "app", "portcullis", &forged]);
+        assert_eq!(
+            code,
+            Some(1),
+            "{script} took a user's token for an assertion: {out}"
+        );
+    }
+    // And the gateway's own assertion still passes.
+    let token = sign_pem(
+        jsonwebtoken::Algorithm::EdDSA,
+        "ed25519.pem",
+        Some("k1"),
+        &claims(&me),
+    );
+    let real = assertion_of(&bearer(&gw, "/req/x", &token));
+    assert!(verify_assertion(&jwks, &real, "app", "portcullis").is_ok());
+}
+
+#[test]
 fn docs_downstream_shows_the_snippets_the_tests_run() {
     let doc = std::fs::read_to_string(manifest_dir().join("docs/downstream.md")).unwrap();
     let dir = manifest_dir().join("docs/downstream");
@@ -407,5 +459,71 @@ fn docs_downstream_shows_the_snippets_the_tests_run() {
             doc.contains(text.trim()),
             "docs/downstream.md must show the {what} snippet as run"
         );
+    }
+}
+
+/// `check-config` on `conf` (placeholders filled): exit code and stderr.
+fn check_config(conf: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    let vars = [
+        ("KEYS", keys_dir().display().to_string()),
+        ("DIR", dir.path().display().to_string()),
+        ("LISTEN", "127.0.0.1:18081".into()),
+        ("ADMIN", "127.0.0.1:18091".into()),
+        ("UPSTREAM", "127.0.0.1:9".into()),
+    ];
+    std::fs::write(&path, render(conf, &vars)).unwrap();
+    let (status, _, err) = run_bin(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[(SECRET_ENV, SECRET)],
+        dir.path(),
+        std::time::Duration::from_secs(30),
+    );
+    (status.code(), err)
+}
+
+#[test]
+fn an_assertion_is_kept_apart_from_the_tokens_by_kid_and_audience() {
+    // The token key is `k1`: an assertion key of that kid is refused.
+    let same_kid = config("p256.pem", false, "")
+        .replace(cfg::HS256, cfg::EDDSA)
+        .replace("kid = \"assert-1\"", "kid = \"k1\"");
+    let (code, err) = check_config(&same_kid);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("assertion.kid `k1`"), "{err}");
+    // An upstream named like tokens.audience (`portcullis`) may not receive assertions.
+    let same_aud = TestConfig::new()
+        .section("[assertion]\nprivate_key_file = \"{KEYS}/ed25519.pem\"\nkid = \"a\"\n")
+        .upstream("portcullis", "\"{UPSTREAM}\"", &["assertion = true"])
+        .route("/req/{*rest}", "portcullis", "required", &[])
+        .build();
+    let (code, err) = check_config(&same_aud);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("tokens.audience"), "{err}");
+}
+
+#[test]
+fn the_clients_assertion_header_is_stripped_in_every_spelling() {
+    let gw = Gateway::start(&config("ed25519.pem", false, ""), &[]);
+    for path in ["/public/x", "/req/x"] {
+        let r = gw.get(
+            path,
+            &[
+                ("X_Portcullis_Assertion", "forged"),
+                ("x-portcullis_assertion", "forged"),
+                (
+                    "Authorization",
+                    &format!("Bearer {}", token_for(&new_sub())),
+                ),
+            ],
+        );
+        let seen = r.seen();
+        let forged: Vec<&(String, String)> = seen
+            .headers
+            .iter()
+            .filter(|(n, v)| n.to_ascii_lowercase().replace('_', "-") == HEADER && v == "forged")
+            .collect();
+        assert!(forged.is_empty(), "{path}: {forged:?}");
     }
 }

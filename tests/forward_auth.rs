@@ -173,11 +173,17 @@ fn behind_a_real_nginx_the_upstream_gets_the_verified_identity_and_refusals_neve
         ("/req/x".to_owned(), Some(expired.as_str()), 401),
         ("/req/x".to_owned(), Some("garbage"), 401),
         (format!("/api/{other}/tasks/1"), Some(token.as_str()), 403),
-        // The proxy's canonical path: a dot segment climbs into another user's tasks.
+        // A dot segment would climb into another user's tasks, and nginx sends the app the
+        // URI as it came: Portcullis decides only a canonical one (its 400, nginx's 500).
         (
             format!("/api/{me}/tasks/%2e%2e/%2e%2e/{other}/tasks/1"),
             Some(token.as_str()),
-            403,
+            500,
+        ),
+        (
+            format!("/api/{other}/tasks/../../{me}/tasks/1"),
+            Some(token.as_str()),
+            500,
         ),
         ("/admin/users".to_owned(), Some(token.as_str()), 403),
         // No route, an encoded slash: 404 and 400 from Portcullis, which nginx makes its 500.
@@ -199,7 +205,12 @@ fn behind_a_real_nginx_the_upstream_gets_the_verified_identity_and_refusals_neve
     );
 
     let m = metrics(&gw);
-    for (result, at_least) in [("allow", 4), ("missing_token", 1), ("forbidden", 2)] {
+    for (result, at_least) in [
+        ("allow", 4),
+        ("missing_token", 1),
+        ("forbidden", 1),
+        ("bad_request", 3),
+    ] {
         let prefix = format!(
             "portcullis_forward_auth_decisions_total{{proxy=\"nginx\",result=\"{result}\"}} "
         );
@@ -405,7 +416,7 @@ fn a_missing_or_malformed_original_request_is_400_never_an_allow() {
 }
 
 #[test]
-fn the_gateways_own_endpoints_are_no_route_and_a_preflight_is_allowed_without_identity() {
+fn the_gateways_own_endpoints_are_no_route_and_a_preflight_is_decided_like_any_request() {
     let gw = gateway();
     let token = token_for(&new_sub());
     for uri in [
@@ -424,16 +435,21 @@ fn the_gateways_own_endpoints_are_no_route_and_a_preflight_is_allowed_without_id
         );
         assert_problem(&r, 404, "not_found");
     }
-    let r = gw.get(
-        "/_portcullis/auth/nginx",
-        &[
-            ("X-Original-Method", "OPTIONS"),
-            ("X-Original-URI", "/req/x"),
-            ("Origin", ORIGIN),
-            ("Access-Control-Request-Method", "DELETE"),
-        ],
-    );
-    assert_allowed(&r, None);
+    // The proxy in front answers CORS itself: an OPTIONS with preflight headers gets the
+    // route's policy, never a free pass (its headers are the client's to forge).
+    let preflight = |uri: &str| {
+        gw.get(
+            "/_portcullis/auth/nginx",
+            &[
+                ("X-Original-Method", "OPTIONS"),
+                ("X-Original-URI", uri),
+                ("Origin", ORIGIN),
+                ("Access-Control-Request-Method", "DELETE"),
+            ],
+        )
+    };
+    assert_401(&preflight("/req/x"), "missing_token", false);
+    assert_allowed(&preflight("/public/x"), None);
     // A cross-site cookie request with an unsafe method is refused as the proxy refuses it.
     let r = gw.get(
         "/_portcullis/auth/nginx",
@@ -523,21 +539,108 @@ fn the_shipped_traefik_and_envoy_configs_ask_the_endpoints_these_tests_pin() {
         fa["address"],
         "http://127.0.0.1:8080/_portcullis/auth/traefik"
     );
+    // Every client header of these names is replaced or removed, answered or not.
     assert_eq!(
-        fa["authResponseHeaders"],
-        json!(["X-User-Id", "X-User-Email"])
+        fa["authResponseHeadersRegex"],
+        "^(X-User-|X-Portcullis-Assertion$)"
     );
     let e = read("envoy.yaml");
-    let filter = &e["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        ["http_filters"][0]["typed_config"]["http_service"];
-    assert_eq!(filter["path_prefix"], "/_portcullis/auth/envoy");
-    let allowed = filter["authorization_request"]["allowed_headers"]["patterns"].to_string();
+    let hcm =
+        &e["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(
+        hcm["normalize_path"], true,
+        "Portcullis decides canonical paths only"
+    );
+    let filters = hcm["http_filters"].as_array().unwrap();
+    let names: Vec<&str> = filters
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names[..2],
+        [
+            "envoy.filters.http.header_mutation",
+            "envoy.filters.http.ext_authz"
+        ],
+        "the client's identity headers go before the ask"
+    );
+    let removed = filters[0].to_string();
+    for h in ["x-user-id", "x-user-email", "x-portcullis-assertion"] {
+        assert!(removed.contains(h), "{h}: {removed}");
+    }
+    let service = &filters[1]["typed_config"]["http_service"];
+    assert_eq!(service["path_prefix"], "/_portcullis/auth/envoy");
+    let allowed = service["authorization_request"]["allowed_headers"]["patterns"].to_string();
     for h in ["authorization", "cookie", "origin"] {
         assert!(allowed.contains(h), "{h} must reach Portcullis: {allowed}");
     }
-    let up = filter["authorization_response"]["allowed_upstream_headers"]["patterns"].to_string();
-    assert!(
-        up.contains("x-user-id") && up.contains("x-user-email"),
-        "{up}"
+    let up = service["authorization_response"]["allowed_upstream_headers"]["patterns"].to_string();
+    for h in ["x-user-id", "x-user-email", "x-portcullis-assertion"] {
+        assert!(up.contains(h), "{h}: {up}");
+    }
+}
+
+#[test]
+fn an_original_target_the_gateway_would_rewrite_is_400_and_an_ask_cannot_resolve_out_of_its_endpoint()
+ {
+    let gw = gateway();
+    let me = new_sub();
+    let auth = bearer(&token_for(&me));
+    for uri in [
+        format!("/api/{me}/tasks/../x"),
+        "/public/./x".to_owned(),
+        "/public/%61".to_owned(),
+    ] {
+        let r = gw.get(
+            "/_portcullis/auth/nginx",
+            &[
+                ("X-Original-Method", "GET"),
+                ("X-Original-URI", &uri),
+                ("Authorization", &auth),
+            ],
+        );
+        assert_problem(&r, 400, "bad_request");
+    }
+    // Envoy appends the original path to its prefix as it came. Resolved, this one would be
+    // `/public/x`, proxied, and the upstream's 200 would read as an allow.
+    for target in [
+        "/_portcullis/auth/envoy/api/v/tasks/../../../../../../public/x".to_owned(),
+        format!("/_portcullis/auth/envoy/api/{me}/tasks/../x"),
+    ] {
+        let r = gw.raw(&request_bytes(
+            "GET",
+            &target,
+            &[("Authorization", &auth)],
+            None,
+        ));
+        assert_problem(&r, 400, "bad_request");
+    }
+    gw.up().assert_not_called();
+}
+
+#[test]
+fn traefiks_x_forwarded_host_is_the_host_a_cookie_requests_origin_is_checked_against() {
+    let gw = gateway();
+    let me = new_sub();
+    let cookie = format!("{COOKIE}={}", token_for(&me));
+    let ask = |host: Option<&str>| {
+        let mut h = vec![
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Uri", "/req/x"),
+            ("Origin", "https://shop.example.test"),
+            ("Cookie", cookie.as_str()),
+        ];
+        if let Some(host) = host {
+            h.push(("X-Forwarded-Host", host));
+        }
+        gw.get("/_portcullis/auth/traefik", &h)
+    };
+    // Same site: the origin names the host the client addressed.
+    assert_allowed(
+        &ask(Some("shop.example.test")),
+        Some((&me, &email_of(&claims(&me)))),
     );
+    // Cross-site, or without the original host: a cookie POST is refused as the proxy refuses it.
+    assert_problem(&ask(Some("other.example.test")), 403, "forbidden");
+    assert_problem(&ask(None), 403, "forbidden");
 }

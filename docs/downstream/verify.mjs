@@ -9,6 +9,7 @@ import { createRemoteJWKSet, jwtVerify } from "jose";
 export async function verify(jwks, assertion, audience, issuer) {
   const { payload } = await jwtVerify(assertion, jwks, {
     algorithms: ["EdDSA", "ES256"], // never what the token says it is
+    typ: "portcullis-assertion+jwt", // a user's own token (same issuer, same JWKS) is refused
     audience, // this service's upstream name in Portcullis
     issuer, // Portcullis's tokens.issuer
     requiredClaims: ["exp", "iat", "sub"],

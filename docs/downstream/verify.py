@@ -13,6 +13,9 @@ import jwt  # PyJWT[crypto]
 
 
 def verify(client: jwt.PyJWKClient, assertion: str, audience: str, issuer: str) -> dict:
+    # Explicitly typed: a user's own token (same issuer, same JWKS) is never an assertion.
+    if jwt.get_unverified_header(assertion).get("typ") != "portcullis-assertion+jwt":
+        raise jwt.InvalidTokenError("not a Portcullis assertion (typ)")
     key = client.get_signing_key_from_jwt(assertion)  # by the header's kid
     return jwt.decode(
         assertion,

@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, KeyPair as _};
@@ -40,8 +41,15 @@ enum Signer {
     P256(signature::EcdsaKeyPair, SystemRandom),
 }
 
+/// The JOSE `typ` of an assertion (RFC 8725 3.11, explicit typing): a service that checks it
+/// can never take a user's own token for an assertion, whatever keys and audiences share.
+pub const TYP: &str = "portcullis-assertion+jwt";
+
 /// Mints assertions with the configured key.
 pub struct Asserter {
+    /// Distinct per signer in the process: the per-thread cache never hands out an assertion
+    /// another signer (an older config) made.
+    generation: u64,
     header: HeaderName,
     signer: Signer,
     /// `base64url({"alg":…,"kid":…,"typ":"JWT"})`.
@@ -120,8 +128,9 @@ impl Asserter {
         jwk["alg"] = alg.into();
         jwk["use"] = "sig".into();
         let jose =
-            URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": a.kid, "typ": "JWT"}).to_string());
+            URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": a.kid, "typ": TYP}).to_string());
         Ok(Self {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             header: a.header.clone(),
             signer,
             jose,
@@ -159,11 +168,20 @@ impl Asserter {
         now: u64,
         bound: Bound<'_>,
     ) -> Option<HeaderValue> {
+        // A token accepted within its leeway past `exp`: an assertion would be born expired.
+        if who.exp <= now {
+            return None;
+        }
         if self.bind_request {
             return self.mint(who, aud, now, Some(bound));
         }
         // 128 bits of two secret-keyed hashes: another token's assertion is never handed out.
-        let key = (KEYS.0.hash_one(token), KEYS.1.hash_one(token), upstream);
+        let key = (
+            KEYS.0.hash_one(token),
+            KEYS.1.hash_one(token),
+            upstream,
+            self.generation,
+        );
         let refresh = REFRESH_BEFORE_SECS.min(self.ttl_secs / 2);
         let cached = CACHE.with_borrow(|c| {
             c.get(&key)
@@ -171,9 +189,7 @@ impl Asserter {
                 .map(|(v, _)| v.clone())
         });
         if let Some(v) = cached {
-            crate::ops::metrics::ASSERTIONS
-                .with_label_values(&["cached"])
-                .inc();
+            CACHED.inc();
             return Some(v);
         }
         let minted = self.mint(who, aud, now, None)?;
@@ -222,14 +238,22 @@ impl Asserter {
         };
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(&signature, &mut jwt);
-        crate::ops::metrics::ASSERTIONS
-            .with_label_values(&["minted"])
-            .inc();
+        MINTED.inc();
         HeaderValue::from_maybe_shared(Bytes::from(jwt)).ok()
     }
 }
 
-type CacheKey = (u64, u64, usize);
+/// Hands each [`Asserter`] its generation.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// (token hash, token hash, upstream index, signer generation).
+type CacheKey = (u64, u64, usize, u64);
+
+/// `portcullis_assertions_total` by result, resolved once (no label hash per request).
+static MINTED: LazyLock<prometheus::IntCounter> =
+    LazyLock::new(|| crate::ops::metrics::ASSERTIONS.with_label_values(&["minted"]));
+static CACHED: LazyLock<prometheus::IntCounter> =
+    LazyLock::new(|| crate::ops::metrics::ASSERTIONS.with_label_values(&["cached"]));
 
 /// The cache's two hash keys: process-wide (a request may move between worker threads
 /// between admission and the upstream request) and secret.
@@ -309,6 +333,27 @@ mod tests {
             assert!(c.get("htm").is_none() && c.get("htu").is_none());
             assert!(uuid::Uuid::parse_str(c["jti"].as_str().unwrap()).is_ok());
         }
+    }
+
+    #[test]
+    fn assertions_are_explicitly_typed_and_none_is_made_for_a_token_past_its_exp() {
+        let a = asserter("ed25519.pem", false, 60);
+        let jwt = a.mint(&who("u", 10_000), "app", 1000, None).unwrap();
+        let header = jsonwebtoken::decode_header(jwt.to_str().unwrap()).unwrap();
+        assert_eq!(header.typ.as_deref(), Some(TYP));
+        let b = Bound {
+            method: "GET",
+            target: "/",
+        };
+        // Accepted within the leeway, but expired: no assertion, minted or cached.
+        assert!(
+            a.for_request(b"t", 0, "app", &who("u", 1000), 1000, b)
+                .is_none()
+        );
+        assert!(
+            a.for_request(b"t", 0, "app", &who("u", 990), 1000, b)
+                .is_none()
+        );
     }
 
     #[test]

@@ -298,10 +298,14 @@ fn assertion(p: &mut Problems, raw: Option<&file::Assertion>) -> Option<Assertio
     let raw = raw?;
     let header = match http::HeaderName::from_bytes(raw.header.as_bytes()) {
         Ok(h)
-            if NOT_ASSERTION_HEADERS.contains(&h.as_str()) || h.as_str().starts_with("x-user-") =>
+            if NOT_ASSERTION_HEADERS.contains(&h.as_str())
+                || h.as_str().starts_with("x-user-")
+                || h.as_str().starts_with("x-forwarded-")
+                || h.as_str().starts_with("x-original-")
+                || !h.as_str().starts_with("x-") =>
         {
             p.add(format!(
-                "assertion.header `{}` is a header the gateway sets or strips itself",
+                "assertion.header `{}` must be an X- header the gateway does not set or read itself",
                 raw.header
             ));
             None
@@ -349,6 +353,37 @@ fn assertion(p: &mut Problems, raw: Option<&file::Assertion>) -> Option<Assertio
         ttl: Duration::from_secs(raw.ttl_secs),
         bind_request: raw.bind_request,
     })
+}
+
+/// An assertion must never be mistaken for a user's token, nor one for it: its `kid` is not a
+/// token key's, and no upstream that receives assertions is named like the tokens' audience.
+fn assertion_apart_from_tokens(
+    p: &mut Problems,
+    a: &Assertion,
+    raw: &file::FileConfig,
+    routes: &[Route],
+    upstreams: &[Upstream],
+) {
+    let token_kids = std::iter::once(raw.tokens.kid.as_deref())
+        .chain(raw.tokens.previous_keys.iter().map(|k| k.kid.as_deref()))
+        .flatten();
+    if token_kids.into_iter().any(|k| k == a.kid) {
+        p.add(format!(
+            "assertion.kid `{}` is also a token key's kid: give the assertion key its own",
+            a.kid
+        ));
+    }
+    let audience = raw.tokens.audience.as_str();
+    for r in routes.iter().filter(|r| r.assertion) {
+        if let Some(u) = upstreams.get(r.upstream)
+            && u.name == audience
+        {
+            p.add(format!(
+                "upstream `{}` receives assertions and is named like tokens.audience: a user's token would pass for its assertion",
+                u.name
+            ));
+        }
+    }
 }
 
 /// Where secrets and overrides come from; the process environment in production, a map in tests.
@@ -508,6 +543,9 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
     let issuers = issuers(&mut p, &raw.issuer, &raw.tokens.issuer);
     let forward_auth = forward_auth(&mut p, raw, &prefix);
     let assertion_conf = assertion(&mut p, raw.assertion.as_ref());
+    if let Some(a) = &assertion_conf {
+        assertion_apart_from_tokens(&mut p, a, raw, &routes, &upstreams);
+    }
     if raw.assertion.is_none() {
         for r in routes.iter().filter(|r| r.assertion) {
             p.add(format!(

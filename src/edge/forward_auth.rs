@@ -9,8 +9,12 @@
 //!
 //! Only peers in `forward_auth.trusted_proxies` may ask (403 otherwise, before anything else is
 //! looked at). An original method or URI that is missing, repeated or malformed is 400, never
-//! an allow. A CORS preflight is allowed without identity (the proxy answers preflights without
-//! a credential too); the gateway's own endpoints (identity, JWKS) are no route here: 404.
+//! an allow, and so is an original target that is not canonical (dot segments, encoded
+//! unreserved characters): the proxy in front sends it to its upstream as it is, so only a
+//! target the gateway would not rewrite can be decided for it. An ask whose own path resolves
+//! out of the endpoints is 400 too. A CORS preflight is decided like any request (the proxy in
+//! front answers CORS itself); the gateway's own endpoints (identity, JWKS) are no route: 404.
+//! Traefik's `X-Forwarded-Host` is the original `Host` (the same-origin check reads it).
 
 use std::net::IpAddr;
 
@@ -56,7 +60,11 @@ impl Asker {
     }
 
     /// The original request's method and target, as this proxy sends them.
-    fn original(self, asking: &RequestHeader) -> Result<(http::Method, String), Problem> {
+    fn original(
+        self,
+        asking: &RequestHeader,
+        as_sent: Option<&[u8]>,
+    ) -> Result<(http::Method, String), Problem> {
         let (method, target) = match self {
             Self::Nginx => (
                 one(
@@ -79,12 +87,16 @@ impl Asker {
                 )?,
             ),
             Self::Envoy => {
-                let after = asking
-                    .uri
-                    .path()
+                // The original path as Envoy sent it, unresolved: it is decided (and refused
+                // when not canonical) exactly as the proxy would decide it.
+                let sent = as_sent
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .unwrap_or_else(|| asking.uri.path());
+                let sent = sent.split_once('?').map_or(sent, |(p, _)| p);
+                let after = sent
                     .strip_prefix(FORWARD_AUTH_PREFIX)
                     .and_then(|p| p.strip_prefix("envoy"))
-                    .unwrap_or_default();
+                    .ok_or_else(|| bad("Not an Envoy forward-auth path"))?;
                 let path = if after.is_empty() { "/" } else { after };
                 let target = match asking.uri.query() {
                     Some(q) => format!("{path}?{q}"),
@@ -155,6 +167,14 @@ pub fn is_endpoint(path: &str) -> bool {
     path.starts_with(FORWARD_AUTH_PREFIX)
 }
 
+/// The request target as sent, when it names the forward-auth endpoints before any
+/// canonicalisation (the caller checks that forward-auth is on).
+pub fn raw_ask(req: &RequestHeader) -> Option<Vec<u8>> {
+    let raw = req.raw_path();
+    raw.starts_with(FORWARD_AUTH_PREFIX.as_bytes())
+        .then(|| raw.to_vec())
+}
+
 impl Gateway {
     /// The answer to a forward-auth request `asking` (already stripped of identity headers,
     /// canonical): see the module's documentation. Counted by asker and result.
@@ -162,11 +182,12 @@ impl Gateway {
         &self,
         fa: &ForwardAuth,
         asking: &RequestHeader,
+        as_sent: Option<&[u8]>,
         ctx: &mut RequestCtx,
         now: u64,
     ) -> Result<Decision, Problem> {
         let asker = Asker::of(asking.uri.path());
-        let answer = self.decide(fa, asker, asking, ctx, now);
+        let answer = self.decide(fa, asker, asking, as_sent, ctx, now);
         let result = match &answer {
             Ok(_) => "allow",
             Err(p) => p.code.as_str(),
@@ -182,6 +203,7 @@ impl Gateway {
         fa: &ForwardAuth,
         asker: Option<Asker>,
         asking: &RequestHeader,
+        as_sent: Option<&[u8]>,
         ctx: &mut RequestCtx,
         now: u64,
     ) -> Result<Decision, Problem> {
@@ -190,12 +212,18 @@ impl Gateway {
                 Problem::new(Code::Forbidden).detail("Forward-auth answers trusted proxies only")
             );
         }
+        // Sent to the endpoints, resolved out of them: never decided as something else.
+        if as_sent.is_some() && !is_endpoint(asking.uri.path()) {
+            return Err(bad(
+                "The forward-auth path leaves its endpoint (dot segments)",
+            ));
+        }
         let asker = asker.ok_or_else(|| Problem::new(Code::NotFound))?;
         if asker == Asker::Nginx && !matches!(asking.method, http::Method::GET | http::Method::HEAD)
         {
             return Err(Problem::new(Code::NotFound));
         }
-        let (method, target) = asker.original(asking)?;
+        let (method, target) = asker.original(asking, as_sent)?;
         let mut original = RequestHeader::build(method, target.as_bytes(), None)
             .map_err(|_| bad("the original URI is not a valid request target"))?;
         for (name, value) in &asking.headers {
@@ -204,6 +232,13 @@ impl Gateway {
                     .append_header(name.clone(), value.clone())
                     .map_err(|_| Problem::new(Code::BadRequest))?;
             }
+        }
+        // Traefik asks with its own Host and names the original one in X-Forwarded-Host (the
+        // same-origin check compares `Origin` with it); the peer is a trusted proxy.
+        if asker == Asker::Traefik
+            && let Ok(host) = one(asking, "x-forwarded-host", "")
+        {
+            let _ = original.insert_header(http::header::HOST, host);
         }
         match self.admission(&mut original, ctx, now, super::proxy::Mode::ForwardAuth)? {
             Decision::Proxy => {
@@ -214,11 +249,6 @@ impl Gateway {
                     let _ = head.insert_header(name, value);
                 }
                 Ok(allowed)
-            }
-            // A preflight: allowed, without identity.
-            Decision::Respond(head, _) if head.status.as_u16() == 204 => {
-                ctx.identity = None;
-                Ok(allow(ctx))
             }
             // Nothing else answers here in forward-auth mode; never an allow.
             Decision::Respond(..) | Decision::Identity(..) => Err(Problem::new(Code::NotFound)),
@@ -274,20 +304,26 @@ mod tests {
                 ("X-Original-URI", "/api/x?a=1"),
             ],
         );
-        let (m, t) = Asker::Nginx.original(&nginx).unwrap();
+        let (m, t) = Asker::Nginx.original(&nginx, None).unwrap();
         assert_eq!((m.as_str(), t.as_str()), ("POST", "/api/x?a=1"));
         let traefik = test_request(
             "GET",
             "/_portcullis/auth/traefik",
             &[("X-Forwarded-Method", "DELETE"), ("X-Forwarded-Uri", "/t")],
         );
-        let (m, t) = Asker::Traefik.original(&traefik).unwrap();
+        let (m, t) = Asker::Traefik.original(&traefik, None).unwrap();
         assert_eq!((m.as_str(), t.as_str()), ("DELETE", "/t"));
         let envoy = test_request("PUT", "/_portcullis/auth/envoy/api/y?q=2", &[]);
-        let (m, t) = Asker::Envoy.original(&envoy).unwrap();
+        let (m, t) = Asker::Envoy.original(&envoy, None).unwrap();
         assert_eq!((m.as_str(), t.as_str()), ("PUT", "/api/y?q=2"));
         let bare = test_request("GET", "/_portcullis/auth/envoy", &[]);
-        assert_eq!(Asker::Envoy.original(&bare).unwrap().1, "/");
+        assert_eq!(Asker::Envoy.original(&bare, None).unwrap().1, "/");
+        // As sent: the unresolved path, so that it is decided as the proxy would decide it.
+        let sent = b"/_portcullis/auth/envoy/a/../../x?q=1";
+        assert_eq!(
+            Asker::Envoy.original(&envoy, Some(sent)).unwrap().1,
+            "/a/../../x?q=2"
+        );
     }
 
     #[test]
@@ -311,7 +347,7 @@ mod tests {
             ],
         ] {
             let req = test_request("GET", "/_portcullis/auth/nginx", headers);
-            let err = Asker::Nginx.original(&req).unwrap_err();
+            let err = Asker::Nginx.original(&req, None).unwrap_err();
             assert_eq!(err.code, Code::BadRequest, "{headers:?}");
         }
         let long = format!("/{}", "a".repeat(MAX_ORIGINAL_URI));
@@ -321,7 +357,7 @@ mod tests {
             &[("X-Original-Method", "GET"), ("X-Original-URI", &long)],
         );
         assert_eq!(
-            Asker::Nginx.original(&req).unwrap_err().code,
+            Asker::Nginx.original(&req, None).unwrap_err().code,
             Code::BadRequest
         );
     }

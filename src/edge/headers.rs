@@ -39,6 +39,25 @@ pub fn strip_identity_headers(req: &mut RequestHeader) {
     }
 }
 
+/// Removes every header that is `name` once lower-cased with `_` read as `-` (how some
+/// servers behind the gateway read header names), as the identity headers are removed.
+pub fn strip_named(req: &mut RequestHeader, name: &HeaderName) {
+    let same = |n: &HeaderName| {
+        n.as_str().len() == name.as_str().len()
+            && n.as_str()
+                .bytes()
+                .zip(name.as_str().bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    if !req.headers.keys().any(same) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = req.headers.keys().filter(|n| same(n)).cloned().collect();
+    for n in doomed {
+        req.remove_header(&n);
+    }
+}
+
 /// The edge's first look at the headers: the whole identity namespace stripped, and the
 /// request id fixed (the client's when sane, else a new one).
 pub fn strip_and_identify(req: &mut RequestHeader) -> HeaderValue {

@@ -98,14 +98,28 @@ impl Gateway {
         // 0. A head an upstream could frame differently, or too large to be honest, goes no
         //    further (`framing`).
         framing::check(req)?;
+        // A forward-auth ask is known by its target as sent: dot segments must not take it
+        // out of the endpoints (Envoy appends the original path to the prefix unresolved).
+        let asked_as_sent = (mode == Mode::Proxy && self.forward_auth.is_some())
+            .then(|| crate::edge::forward_auth::raw_ask(req))
+            .flatten();
+        // Another proxy forwards the original target as it was sent, whatever the gateway
+        // would make of it: only a target already canonical can be decided for it.
+        let original_as_sent = (mode == Mode::ForwardAuth).then(|| req.raw_path().to_vec());
         // 1. One spelling of the path for the route table and the upstream alike (`path`).
         path::canonicalise_target(req)?;
+        if original_as_sent.is_some_and(|sent| sent != req.raw_path()) {
+            return Err(Problem::new(Code::BadRequest).detail(
+                "The original URI is not canonical (dot segments, encoded unreserved characters): \
+                 the proxy in front would send the upstream a different path than the one decided",
+            ));
+        }
         // 2. The client never sets identity, on any route; the credential is read once
         //    (`headers`).
         ctx.request_id = Some(headers::strip_and_identify(req));
         if let Some(a) = &self.asserter {
-            // Only the gateway says what the assertion header holds.
-            let _ = req.remove_header(a.header());
+            // Only the gateway says what the assertion header holds, in any spelling.
+            headers::strip_named(req, a.header());
         }
         let req = &*req;
         let credential = headers::credential(req, &self.cookie_name);
@@ -114,9 +128,9 @@ impl Gateway {
         //    them. Asked by another proxy (`forward_auth`), they are no route.
         if mode == Mode::Proxy
             && let Some(fa) = &self.forward_auth
-            && crate::edge::forward_auth::is_endpoint(path)
+            && (asked_as_sent.is_some() || crate::edge::forward_auth::is_endpoint(path))
         {
-            return self.forward_auth(fa, req, ctx, now);
+            return self.forward_auth(fa, req, asked_as_sent.as_deref(), ctx, now);
         }
         if path == JWKS_PATH {
             return match mode {
@@ -137,6 +151,9 @@ impl Gateway {
         ctx.cors_origin = origin;
         match verdict {
             Verdict::Pass => {}
+            // Asked by another proxy, a preflight is a request like any other: the proxy in
+            // front answers CORS itself, or the route's policy applies.
+            Verdict::Preflight if mode == Mode::ForwardAuth => {}
             Verdict::Preflight => {
                 let mut head = crate::problem::head(204, None, 0, "no-store");
                 self.cors.preflight_headers(req, &mut head);
