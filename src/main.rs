@@ -82,13 +82,9 @@ fn main() -> ExitCode {
         }
         Command::Migrate { config } => {
             let _logs = portcullis::ops::logging::init();
-            let loaded = match config::load(&config, &ProcessEnv) {
-                Ok(c) => c,
-                Err(problems) => return report(&problems),
-            };
-            let opened = match portcullis::accounts::store::open(&loaded.store.url) {
+            let (_, opened) = match open_store(&config) {
                 Ok(o) => o,
-                Err(e) => return report(&[e]),
+                Err(code) => return code,
             };
             match portcullis::migrate_now(&opened, Duration::from_secs(60)) {
                 Ok(()) => {
@@ -107,13 +103,9 @@ fn main() -> ExitCode {
                 },
         } => {
             let _logs = portcullis::ops::logging::init();
-            let loaded = match config::load(&config, &ProcessEnv) {
-                Ok(c) => c,
-                Err(problems) => return report(&problems),
-            };
-            let opened = match portcullis::accounts::store::open(&loaded.store.url) {
+            let (loaded, opened) = match open_store(&config) {
                 Ok(o) => o,
-                Err(e) => return report(&[e]),
+                Err(code) => return code,
             };
             match portcullis::set_roles_now(
                 &opened,
@@ -155,6 +147,15 @@ fn serve(config: &config::Config) -> ExitCode {
         }
         Err(problems) => report(&problems),
     }
+}
+
+/// The config at `path` and its store, opened (not yet connected); or the problems, reported.
+fn open_store(
+    path: &std::path::Path,
+) -> Result<(config::Config, portcullis::accounts::store::Opened), ExitCode> {
+    let loaded = config::load(path, &ProcessEnv).map_err(|problems| report(&problems))?;
+    let opened = portcullis::accounts::store::open(&loaded.store.url).map_err(|e| report(&[e]))?;
+    Ok((loaded, opened))
 }
 
 fn report(problems: &[String]) -> ExitCode {

@@ -75,7 +75,7 @@ impl<'de> Visitor<'de> for Pass<'_> {
                 seen |= 1 << i;
                 let want = self.rules.require[i].1.as_str();
                 let mut hit = false;
-                map.next_value_seed(Strings(&mut |s: &str, _| hit |= s == want))?;
+                map.next_value_seed(Strings::of(&mut |s: &str, _| hit |= s == want))?;
                 if hit {
                     met.claims |= 1 << i;
                 }
@@ -94,7 +94,7 @@ impl<'de> Visitor<'de> for Pass<'_> {
                         met.scopes |= 1 << i;
                     }
                 };
-                map.next_value_seed(Strings(&mut |s: &str, whole: bool| {
+                map.next_value_seed(Strings::of(&mut |s: &str, whole: bool| {
                     if whole {
                         s.split_ascii_whitespace().for_each(&mut grant);
                     } else {
@@ -111,8 +111,18 @@ impl<'de> Visitor<'de> for Pass<'_> {
 
 /// Hands each string of a claim value to the callback: the value itself when it is a string
 /// (`true`), each string element when it is an array (`false`); anything else, and any other
-/// element, hands over nothing.
-struct Strings<'f>(&'f mut dyn FnMut(&str, bool));
+/// element (a nested array among them), hands over nothing.
+struct Strings<'f> {
+    found: &'f mut dyn FnMut(&str, bool),
+    /// The claim's value itself, not an element of it.
+    top: bool,
+}
+
+impl<'f> Strings<'f> {
+    fn of(found: &'f mut dyn FnMut(&str, bool)) -> Self {
+        Self { found, top: true }
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for Strings<'_> {
     type Value = ();
@@ -130,7 +140,7 @@ impl<'de> Visitor<'de> for Strings<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        (self.0)(v, true);
+        (self.found)(v, self.top);
         Ok(())
     }
 
@@ -155,62 +165,15 @@ impl<'de> Visitor<'de> for Strings<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(()) = seq.next_element_seed(Element(&mut *self.0))? {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(())
-    }
-}
-
-/// One element of an array claim: a string is handed over, anything else (a nested array
-/// among them) is skipped.
-struct Element<'f>(&'f mut dyn FnMut(&str, bool));
-
-impl<'de> DeserializeSeed<'de> for Element<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Element<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        (self.0)(v, false);
-        Ok(())
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        if self.top {
+            let found = self.found;
+            while let Some(()) = seq.next_element_seed(Strings {
+                found: &mut *found,
+                top: false,
+            })? {}
+        } else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+        }
         Ok(())
     }
 
