@@ -1130,3 +1130,38 @@ fn an_https_jwks_is_trusted_only_behind_a_certificate_that_verifies() {
     );
     assert_401(&bearer(&doubting, "/req/x", &token), "invalid_token", true);
 }
+
+/// An issuer's RSA key, published for RSA-PSS (`alg: PS256`), from the fixture.
+fn ps256_jwk(kid: &str) -> Value {
+    let key = portcullis::authn::VerifyKey::from_private_pem(
+        Some(kid.into()),
+        portcullis::authn::Alg::RS256,
+        &read_key("rsa.pem"),
+    )
+    .unwrap();
+    let set = portcullis::authn::KeySet::new(vec![key], "i".into(), "a".into(), 0);
+    let doc: Value = serde_json::from_slice(set.jwks().unwrap()).unwrap();
+    let mut jwk = doc["keys"][0].clone();
+    jwk["alg"] = "PS256".into();
+    jwk
+}
+
+#[test]
+fn a_jwks_of_ps256_keys_only_makes_the_gateway_ready_and_trusts_their_tokens_alone() {
+    // Better Auth offers RSA-PSS; a set of such keys alone used to leave /readyz at 503.
+    let ba = JwksServer::start(jwks(&[ps256_jwk("ba-ps")]));
+    let gw = gateway(&ba.url(), 3600, 1);
+    wait_ready(&gw);
+    let sign = |alg| sign_pem(alg, "rsa.pem", Some("ba-ps"), &ba_claims("ba_user_ps"));
+    let r = bearer(&gw, "/req/x", &sign(Algorithm::PS256));
+    assert_identity(
+        &r.seen(),
+        Some(("ba_user_ps", Some("ba_user_ps@app.example.test"))),
+    );
+    // The same key under PKCS#1 v1.5: not what it is published for.
+    assert_401(
+        &bearer(&gw, "/req/x", &sign(Algorithm::RS256)),
+        "invalid_token",
+        true,
+    );
+}

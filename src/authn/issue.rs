@@ -57,6 +57,10 @@ impl TokenIssuer {
             Alg::EdDSA => (Algorithm::EdDSA, EncodingKey::from_ed_pem(m)),
             Alg::ES256 => (Algorithm::ES256, EncodingKey::from_ec_pem(m)),
             Alg::RS256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(m)),
+            // Config refuses them for tokens.algorithm: other issuers' only.
+            Alg::ES384 | Alg::ES512 | Alg::PS256 => {
+                return Err(format!("tokens: {} signs no tokens here", t.alg.as_str()));
+            }
         };
         let key = key.map_err(|e| format!("tokens: cannot load the signing key: {e}"))?;
         let mut header = Header::new(alg);

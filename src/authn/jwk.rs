@@ -1,7 +1,9 @@
 //! JWK Sets (RFC 7517) fetched from external issuers, turned into verification keys.
 //!
-//! Only asymmetric signing keys become keys: OKP/Ed25519 (EdDSA), EC/P-256 (ES256) and RSA of
-//! 2048 to 8192 bits (RS256). A key that is symmetric (`oct`), marked for another use, declares
+//! Only asymmetric signing keys become keys: OKP/Ed25519 (EdDSA), EC/P-256 (ES256), EC/P-384
+//! (ES384), EC/P-521 (ES512) and RSA of 2048 to 8192 bits (RS256, or PS256 — RSA-PSS — when the
+//! key says `alg: PS256`). Each key is bound to the one algorithm its `kty` / `crv` / `alg`
+//! name. A key that is symmetric (`oct`), marked for another use, declares
 //! another algorithm, or is malformed is skipped, as RFC 7517 section 5 asks; a document with
 //! no usable key at all, more than [`MAX_JWKS_KEYS`] keys, or two usable keys under one `kid`
 //! is refused whole, and the caller keeps the keys it had.
@@ -107,18 +109,23 @@ fn key(jwk: Jwk) -> Result<VerifyKey, String> {
             }
             (Alg::EdDSA, public(Alg::EdDSA, &signature::ED25519, &x)?)
         }
-        ("EC", Some("P-256")) => {
+        ("EC", Some(crv @ ("P-256" | "P-384" | "P-521"))) => {
+            let (alg, size, verification): (_, _, &'static dyn signature::VerificationAlgorithm) =
+                match crv {
+                    "P-256" => (Alg::ES256, 32, &signature::ECDSA_P256_SHA256_FIXED),
+                    "P-384" => (Alg::ES384, 48, &signature::ECDSA_P384_SHA384_FIXED),
+                    _ => (Alg::ES512, 66, &signature::ECDSA_P521_SHA512_FIXED),
+                };
             let x = bytes(jwk.x.as_deref(), "x")?;
             let y = bytes(jwk.y.as_deref(), "y")?;
-            if x.len() != 32 || y.len() != 32 {
-                return Err("P-256 coordinates are not 32 bytes".into());
+            if x.len() != size || y.len() != size {
+                return Err(format!("{crv} coordinates are not {size} bytes"));
             }
-            let mut point = Vec::with_capacity(65);
+            let mut point = Vec::with_capacity(1 + 2 * size);
             point.push(4);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            let alg = &signature::ECDSA_P256_SHA256_FIXED;
-            (Alg::ES256, public(Alg::ES256, alg, &point)?)
+            (alg, public(alg, verification, &point)?)
         }
         ("RSA", _) => {
             let n = bytes(jwk.n.as_deref(), "n")?;
@@ -129,11 +136,18 @@ fn key(jwk: Jwk) -> Result<VerifyKey, String> {
                     "RSA modulus of {bits} bits (2048 to 8192 accepted)"
                 ));
             }
+            // RS256 unless the key is declared for RSA-PSS; a key is never used for both.
+            let (alg, verification): (_, &'static signature::RsaParameters) =
+                if jwk.alg.as_deref() == Some("PS256") {
+                    (Alg::PS256, &signature::RSA_PSS_2048_8192_SHA256)
+                } else {
+                    (Alg::RS256, &signature::RSA_PKCS1_2048_8192_SHA256)
+                };
             let components = RsaPublicKeyComponents { n: &n, e: &e };
             let parsed = components
-                .to_parsed_public_key(&signature::RSA_PKCS1_2048_8192_SHA256)
+                .to_parsed_public_key(verification)
                 .map_err(|e| format!("not a usable RSA key ({e})"))?;
-            (Alg::RS256, parsed)
+            (alg, parsed)
         }
         ("oct", _) => return Err("symmetric (oct) keys are never trusted from a JWKS".into()),
         (kty, crv) => {
@@ -147,9 +161,16 @@ fn key(jwk: Jwk) -> Result<VerifyKey, String> {
     if let Some(declared) = jwk.alg.as_deref()
         && declared != alg.as_str()
     {
+        let expected = match alg {
+            Alg::RS256 | Alg::PS256 => "RS256 or PS256".to_owned(),
+            other => other.as_str().to_owned(),
+        };
         return Err(format!(
-            "alg `{declared}` does not fit a {kty} key (expected {})",
-            alg.as_str()
+            "alg `{declared}` is not supported for a {kty} key{} (expected {expected})",
+            jwk.crv
+                .as_deref()
+                .map(|c| format!(" on {c}"))
+                .unwrap_or_default()
         ));
     }
     Ok(VerifyKey::from_parsed(jwk.kid, alg, parsed))
@@ -279,6 +300,119 @@ mod tests {
             "ed",
         );
         assert!(check(&hs).is_err());
+    }
+
+    /// ES384, ES512 and PS256 from other issuers (Better Auth offers all three): keys made
+    /// here, tokens signed by jsonwebtoken where it can (ES384, PS256) and by aws-lc for
+    /// ES512, each verified only under its own key's algorithm.
+    #[test]
+    fn es384_es512_and_ps256_keys_verify_their_tokens_and_only_theirs() {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{
+            ECDSA_P384_SHA384_FIXED_SIGNING, ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair,
+            KeyPair as _, RSA_PSS_SHA256, RsaKeyPair,
+        };
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let rng = SystemRandom::new();
+        let ec_jwk = |pair: &EcdsaKeyPair, crv: &str, alg: &str, kid: &str| {
+            let point = pair.public_key().as_ref();
+            let (x, y) = point[1..].split_at((point.len() - 1) / 2);
+            json!({"kty":"EC","crv":crv,"x":b64(x),"y":b64(y),"alg":alg,"use":"sig","kid":kid})
+        };
+        let p384 = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+        let p521 = EcdsaKeyPair::generate(&ECDSA_P521_SHA512_FIXED_SIGNING).unwrap();
+        let mut ps = jwk_of(Alg::RS256, RSA_PEM, "ps");
+        ps["alg"] = "PS256".into();
+        let body = doc(&[
+            ec_jwk(&p384, "P-384", "ES384", "e384"),
+            ec_jwk(&p521, "P-521", "ES512", "e512"),
+            ps,
+            jwk_of(Alg::RS256, RSA_PEM, "rs"),
+        ]);
+        let parsed = parse_jwks(&body).unwrap();
+        let algs: Vec<Alg> = parsed.keys.iter().map(|k| k.alg).collect();
+        assert_eq!(algs, [Alg::ES384, Alg::ES512, Alg::PS256, Alg::RS256]);
+        let keys =
+            crate::authn::KeySet::external(parsed.keys, "https://idp".into(), "app".into(), 30);
+        let now = crate::clock::unix_secs();
+        let claims = json!({"sub":"u-1","iat":now,"exp":now + 60,"iss":"https://idp","aud":"app"});
+        let names = crate::authn::verify::ClaimNames {
+            user_id: "sub",
+            email: "email",
+        };
+        let check = |token: &str| {
+            let mut scratch = crate::authn::verify::Scratch::new();
+            crate::authn::verify::parse(token.as_bytes(), &mut scratch)
+                .and_then(|t| t.check(&keys, Some(names), now))
+        };
+        // jsonwebtoken signs ES384 (from the key's PKCS#8) and PS256 (the RSA fixture).
+        let pem = |der: &[u8]| pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()));
+        let p384_pem = pem(p384.to_pkcs8v1().unwrap().as_ref());
+        let jwt = |alg, key: &EncodingKey, kid: &str| {
+            let mut h = Header::new(alg);
+            h.kid = Some(kid.into());
+            jsonwebtoken::encode(&h, &claims, key).unwrap()
+        };
+        let es384 = jwt(
+            Algorithm::ES384,
+            &EncodingKey::from_ec_pem(p384_pem.as_bytes()).unwrap(),
+            "e384",
+        );
+        let rsa = EncodingKey::from_rsa_pem(RSA_PEM).unwrap();
+        let ps256 = jwt(Algorithm::PS256, &rsa, "ps");
+        // ES512 by hand: jsonwebtoken has no P-521.
+        let signing_input = format!(
+            "{}.{}",
+            b64(json!({"alg":"ES512","kid":"e512","typ":"JWT"})
+                .to_string()
+                .as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = p521.sign(&rng, signing_input.as_bytes()).unwrap();
+        let es512 = format!("{signing_input}.{}", b64(sig.as_ref()));
+        for token in [&es384, &es512, &ps256] {
+            assert_eq!(check(token).unwrap().sub(), "u-1", "{token}");
+        }
+        // Each key under its own algorithm only: a PKCS#1 v1.5 signature under the PSS key,
+        // and a PSS one under the RS256 key, are refused; so is a P-384 token naming P-521.
+        assert!(check(&jwt(Algorithm::RS256, &rsa, "ps")).is_err());
+        assert!(check(&jwt(Algorithm::PS256, &rsa, "rs")).is_err());
+        let renamed = es384.replacen(
+            &es384[..es384.find('.').unwrap()],
+            &b64(br#"{"alg":"ES512","kid":"e512","typ":"JWT"}"#),
+            1,
+        );
+        assert!(check(&renamed).is_err());
+        // RSA-PSS by hand too (aws-lc), against the same key.
+        let pair = RsaKeyPair::from_pkcs8(&pem::parse(RSA_PEM).unwrap().into_contents()).unwrap();
+        let input = format!(
+            "{}.{}",
+            b64(br#"{"alg":"PS256","kid":"ps"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        let mut sig = vec![0; pair.public_modulus_len()];
+        pair.sign(&RSA_PSS_SHA256, &rng, input.as_bytes(), &mut sig)
+            .unwrap();
+        assert!(check(&format!("{input}.{}", b64(&sig))).is_ok());
+    }
+
+    #[test]
+    fn unsupported_curves_and_algorithms_are_skipped_with_a_precise_reason_keeping_the_rest() {
+        let mut ps384 = jwk_of(Alg::RS256, RSA_PEM, "ps384");
+        ps384["alg"] = "PS384".into();
+        let k1 = json!({"kty":"EC","crv":"secp256k1","x":"AA","y":"AA","kid":"k1"});
+        let short = json!({"kty":"EC","crv":"P-384","x":"AAAA","y":"AAAA","kid":"short"});
+        let parsed =
+            parse_jwks(&doc(&[ps384, k1, short, jwk_of(Alg::EdDSA, ED_PEM, "ed")])).unwrap();
+        assert_eq!(parsed.keys.len(), 1, "the usable key is kept");
+        let why = parsed.skipped.join("\n");
+        assert!(
+            why.contains("alg `PS384` is not supported for a RSA key (expected RS256 or PS256)"),
+            "{why}"
+        );
+        assert!(why.contains("curve `secp256k1`"), "{why}");
+        assert!(why.contains("P-384 coordinates are not 48 bytes"), "{why}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ fn verification(alg: Alg) -> &'static dyn signature::VerificationAlgorithm {
     match alg {
         Alg::EdDSA => &signature::ED25519,
         Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Alg::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        Alg::ES512 => &signature::ECDSA_P521_SHA512_FIXED,
+        Alg::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
         // HS256 never reaches here: it has no public key.
         Alg::RS256 | Alg::HS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
     }
@@ -106,6 +109,9 @@ impl VerifyKey {
                 (public.as_ref().to_vec(), rsa_jwk(public))
             }
             Alg::HS256 => return Err("HS256 takes a secret, not a key file".into()),
+            Alg::ES384 | Alg::ES512 | Alg::PS256 => {
+                return Err(format!("{} is for other issuers' keys only", alg.as_str()));
+            }
         };
         Self::public(kid, alg, &public, jwk)
     }
@@ -130,6 +136,9 @@ impl VerifyKey {
                 rsa_jwk(&public)
             }
             Alg::HS256 => return Err("HS256 takes a secret, not a key file".into()),
+            Alg::ES384 | Alg::ES512 | Alg::PS256 => {
+                return Err(format!("{} is for other issuers' keys only", alg.as_str()));
+            }
         };
         Self::public(kid, alg, &der, jwk)
     }
@@ -169,7 +178,9 @@ fn key_kind(alg: Alg) -> &'static str {
     match alg {
         Alg::EdDSA => "Ed25519",
         Alg::ES256 => "P-256 EC",
-        Alg::RS256 => "RSA",
+        Alg::RS256 | Alg::PS256 => "RSA",
+        Alg::ES384 => "P-384 EC",
+        Alg::ES512 => "P-521 EC",
         Alg::HS256 => "HMAC",
     }
 }

@@ -105,6 +105,10 @@ pub enum Alg {
     EdDSA,
     ES256,
     RS256,
+    /// The next three only for other issuers' tokens (`[[issuer]]` JWKS), never our own.
+    ES384,
+    ES512,
+    PS256,
 }
 
 impl Alg {
@@ -114,6 +118,9 @@ impl Alg {
             "EdDSA" => Some(Self::EdDSA),
             "ES256" => Some(Self::ES256),
             "RS256" => Some(Self::RS256),
+            "ES384" => Some(Self::ES384),
+            "ES512" => Some(Self::ES512),
+            "PS256" => Some(Self::PS256),
             _ => None,
         }
     }
@@ -124,7 +131,15 @@ impl Alg {
             Self::EdDSA => "EdDSA",
             Self::ES256 => "ES256",
             Self::RS256 => "RS256",
+            Self::ES384 => "ES384",
+            Self::ES512 => "ES512",
+            Self::PS256 => "PS256",
         }
+    }
+
+    /// Whether the gateway signs its own tokens with it (`tokens.algorithm`).
+    pub const fn signs_own_tokens(self) -> bool {
+        matches!(self, Self::HS256 | Self::EdDSA | Self::ES256 | Self::RS256)
     }
 
     pub const fn is_symmetric(self) -> bool {
@@ -662,7 +677,7 @@ fn store(p: &mut Problems, raw: &file::Store, env: &dyn Env) -> Store {
 
 fn tokens(p: &mut Problems, raw: &file::Tokens, env: &dyn Env) -> Option<Tokens> {
     let before = p.0.len();
-    let Some(alg) = Alg::from_name(&raw.algorithm) else {
+    let Some(alg) = Alg::from_name(&raw.algorithm).filter(|a| a.signs_own_tokens()) else {
         p.add(format!(
             "tokens.algorithm `{}` is not one of HS256, EdDSA, ES256, RS256",
             raw.algorithm
