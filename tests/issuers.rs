@@ -1165,3 +1165,28 @@ fn a_jwks_of_ps256_keys_only_makes_the_gateway_ready_and_trusts_their_tokens_alo
         true,
     );
 }
+
+#[test]
+fn unsupported_keys_beside_usable_ones_are_skipped_counted_and_logged() {
+    let secp256k1 = json!({"kty":"EC","crv":"secp256k1","x":"AA","y":"AA","kid":"k1"});
+    let mut ps384 = ps256_jwk("ba-ps384");
+    ps384["alg"] = "PS384".into();
+    let ba = JwksServer::start(jwks(&[secp256k1, ps256_jwk("ba-ps"), ps384]));
+    let gw = gateway(&ba.url(), 3600, 1);
+    wait_ready(&gw);
+    assert_eq!(
+        metric(&gw, "portcullis_jwks_keys_skipped{issuer=\"better-auth\"}"),
+        Some(2.0)
+    );
+    let token = sign_pem(Algorithm::PS256, "rsa.pem", Some("ba-ps"), &ba_claims("u7"));
+    assert_eq!(bearer(&gw, "/req/x", &token).status, 200);
+    let logs = gw.stderr();
+    assert!(
+        logs.contains("JWK skipped") && logs.contains("secp256k1"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("alg `PS384` is not supported for a RSA key"),
+        "{logs}"
+    );
+}

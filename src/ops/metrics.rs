@@ -189,6 +189,16 @@ metrics! {
         &["issuer", "result"],
     );
 
+    /// Keys of the last good JWKS of each external issuer that were skipped (unsupported
+    /// type, curve or algorithm, another use, malformed): the set keeps its usable keys.
+    JWKS_KEYS_SKIPPED: IntGaugeVec = IntGaugeVec::new(
+        Opts::new(
+            "portcullis_jwks_keys_skipped",
+            "Keys skipped in each issuer's last good JWKS (unsupported or malformed)",
+        ),
+        &["issuer"],
+    );
+
     /// Keys in force for each external issuer.
     JWKS_KEYS: IntGaugeVec = IntGaugeVec::new(
         Opts::new(

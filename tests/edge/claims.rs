@@ -192,7 +192,17 @@ fn claim_rule_refusals_are_counted_by_route_pattern() {
         assert_insufficient(&bearer(&gw, "/admin/x", &t), &t);
     }
     assert_insufficient(&bearer(&gw, "/tasks/x", &t), &t);
-    let text = get(gw.admin, "/metrics", &[]).text();
+    // Counted when the request is logged, just after its response went out: wait for the last.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = get(gw.admin, "/metrics", &[]).text();
+        if text.contains("portcullis_rejections_total{code=\"insufficient_scope\"} 4")
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let value = |route: &str| {
         let prefix = format!("portcullis_claim_rule_refusals_total{{route=\"{route}\"}} ");
         text.lines()

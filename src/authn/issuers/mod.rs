@@ -285,8 +285,11 @@ impl ExternalIssuer {
         match jwk::parse_jwks(&fetched.body) {
             Ok(parsed) => {
                 for why in &parsed.skipped {
-                    tracing::debug!(issuer = %self.conf.name, reason = %why, "JWK skipped");
+                    tracing::info!(issuer = %self.conf.name, reason = %why, "JWK skipped");
                 }
+                crate::ops::metrics::JWKS_KEYS_SKIPPED
+                    .with_label_values(&[self.conf.name.as_str()])
+                    .set(i64::try_from(parsed.skipped.len()).unwrap_or(i64::MAX));
                 crate::ops::metrics::JWKS_FETCHES
                     .with_label_values(&[self.conf.name.as_str(), "ok"])
                     .inc();
