@@ -301,7 +301,7 @@ impl From<Limited> for Problem {
 impl From<Refusal> for Problem {
     fn from(r: Refusal) -> Self {
         let code = match r {
-            Refusal::Invalid => Code::InvalidToken,
+            Refusal::Invalid | Refusal::UnknownKid => Code::InvalidToken,
             Refusal::Expired => Code::TokenExpired,
             Refusal::Revoked => Code::TokenRevoked,
             Refusal::InsufficientScope => Code::InsufficientScope,

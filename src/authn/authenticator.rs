@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::KeySet;
-use super::issuers::Issuers;
+use super::issuers::{Checked, Issuers};
 use super::revocation::Revocations;
 use super::rules::{self, ClaimRules};
 use super::verify::{self, TokenError, Verified};
@@ -56,7 +56,10 @@ impl Authenticator {
         {
             // Not our user: our revocations (jtis we minted, our users' sign-outs) do not
             // apply; the issuer's own token lifetime does.
-            let who = external.verify(&token, now).map_err(refused)?;
+            let who = match external.verify(&token, now) {
+                Checked::Done(result) => result.map_err(refused)?,
+                Checked::UnknownKid => return Err(Refusal::UnknownKid),
+            };
             return admit(who, &token, rules);
         }
         let who = token.check(&self.keys, None, now).map_err(refused)?;
@@ -68,6 +71,25 @@ impl Authenticator {
             return Err(Refusal::Revoked);
         }
         admit(who, &token, rules)
+    }
+}
+
+impl Authenticator {
+    /// After [`Refusal::UnknownKid`]: waits for the token's issuer to refetch its keys (at most
+    /// its `timeout_ms`, shared with every request waiting on it). True when the kid is now
+    /// known and the token is worth authenticating again.
+    pub async fn await_key(&self, token: &[u8]) -> bool {
+        let mut scratch = verify::Scratch::new();
+        let Ok(token) = verify::parse(token, &mut scratch) else {
+            return false;
+        };
+        let (Some(kid), Some(issuer)) = (
+            token.kid(),
+            token.iss().and_then(|i| self.issuers.by_iss(i)),
+        ) else {
+            return false;
+        };
+        issuer.await_kid(kid).await
     }
 }
 
@@ -95,13 +117,16 @@ pub enum Refusal {
     Revoked,
     /// Valid, but its claims fail the route's rules (403, not 401).
     InsufficientScope,
+    /// An external issuer's token naming a `kid` its cached set lacks: `invalid_token`, unless
+    /// the caller can [`Authenticator::await_key`] and authenticate again.
+    UnknownKid,
 }
 
 impl Refusal {
     /// The contract's problem code for it (also the metric label).
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Invalid => "invalid_token",
+            Self::Invalid | Self::UnknownKid => "invalid_token",
             Self::Expired => "token_expired",
             Self::Revoked => "token_revoked",
             Self::InsufficientScope => "insufficient_scope",

@@ -313,12 +313,14 @@ pub struct Issuer {
     /// the longest a fetched set is kept before it is fetched again.
     #[serde(default = "default_refresh")]
     pub refresh_secs: u64,
-    /// Fewest seconds between two successful-path fetches, whatever asks for one (an unknown
-    /// `kid`, a short `max-age`): what bounds the JWKS traffic a spray of forged tokens can
-    /// cause. Retries after a failed fetch follow their own backoff.
+    /// Fewest seconds between two scheduled fetches (a short `max-age` cannot make us poll
+    /// faster), and the window in which unknown `kid`s may ask for at most 10 refetches (one
+    /// per second): what bounds the JWKS traffic a spray of forged tokens can cause. Retries
+    /// after a failed fetch follow their own backoff.
     #[serde(default = "default_min_refresh")]
     pub min_refresh_secs: u64,
-    /// One fetch, connect to last byte, must finish within this.
+    /// One fetch, connect to last byte, must finish within this; also the longest a request
+    /// with an unknown `kid` waits for a refetch.
     #[serde(default = "default_jwks_timeout")]
     pub timeout_ms: u64,
 }

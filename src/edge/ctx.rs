@@ -29,6 +29,11 @@ pub struct RequestCtx {
     pub in_flight: Option<InFlightGuard>,
     /// The peer's address, read only when forward-auth is on (its trusted proxies).
     pub peer: Option<std::net::IpAddr>,
+    /// The token, when it was refused for a `kid` its issuer's cached set lacks: the request
+    /// waits for a refetch and is admitted again (`authn::issuers::refetch`).
+    pub unknown_kid: Option<bytes::Bytes>,
+    /// The request has waited once: its second admission decides without waiting.
+    pub kid_waited: bool,
 }
 
 impl RequestCtx {
@@ -44,6 +49,8 @@ impl RequestCtx {
             cors_origin: None,
             timing: Timing::default(),
             peer: None,
+            unknown_kid: None,
+            kid_waited: false,
         }
     }
 }

@@ -188,6 +188,9 @@ impl Gateway {
     ) -> Result<Decision, Problem> {
         let asker = Asker::of(asking.uri.path());
         let answer = self.decide(fa, asker, asking, as_sent, ctx, now);
+        if ctx.unknown_kid.is_some() {
+            return answer; // decided again after the refetch, and counted then
+        }
         let result = match &answer {
             Ok(_) => "allow",
             Err(p) => p.code.as_str(),

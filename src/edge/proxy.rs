@@ -187,7 +187,14 @@ impl Gateway {
                 _ => Err(Problem::new(Code::MissingToken)),
             };
         };
-        let who = self.auth.authenticate(token, now, &route.rules)?;
+        let who = match self.auth.authenticate(token, now, &route.rules) {
+            Ok(who) => who,
+            Err(authn::Refusal::UnknownKid) if !ctx.kid_waited => {
+                ctx.unknown_kid = Some(Bytes::copy_from_slice(token));
+                return Err(authn::Refusal::UnknownKid.into());
+            }
+            Err(refused) => return Err(refused.into()),
+        };
         if let Some(owner) = matched.owner_value
             && owner != who.sub()
         {
@@ -338,7 +345,15 @@ impl ProxyHttp for Gateway {
                 .map(std::net::SocketAddr::ip);
         }
         let admitting = self.server_timing.then(std::time::Instant::now);
-        let decision = self.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
+        let mut decision = self.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
+        if let Some(token) = ctx.unknown_kid.take() {
+            // A key the issuer may have just published: wait for its refetch, then decide
+            // again, once (the second decision never waits).
+            self.auth.await_key(&token).await;
+            ctx.kid_waited = true;
+            ctx.rejection = None;
+            decision = self.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
+        }
         if let Some(t) = admitting {
             ctx.timing.auth = t.elapsed();
         }

@@ -226,6 +226,15 @@ metrics! {
         &["issuer"],
     );
 
+    /// How each request's wait on an unknown kid ended (`authn::issuers::refetch`).
+    JWKS_KID_WAITS: IntCounterVec = IntCounterVec::new(
+        Opts::new(
+            "portcullis_jwks_kid_waits_total",
+            "Requests that waited for a JWKS refetch on an unknown kid, by result (found, unknown, timeout, refused)",
+        ),
+        &["issuer", "result"],
+    );
+
     /// Log lines dropped because the log writer's queue was full (`ops::logging`).
     LOG_LINES_DROPPED: prometheus::IntCounter = prometheus::IntCounter::new(
         "portcullis_log_lines_dropped_total",

@@ -5,12 +5,13 @@
 //! lock. The [`JwksRefresh`] background service does the fetching (`fetch`): before the keys
 //! go stale (at 9/10 of the `Cache-Control: max-age`, bounded by `min_refresh_secs` and
 //! `refresh_secs`), with backoff while the endpoint fails (the last good keys stay in force),
-//! and early when a token names a `kid` the set does not hold: at most once per
-//! `min_refresh_secs`, however many such tokens arrive.
+//! and early when a request waits on a `kid` the set does not hold (`refetch`: one fetch
+//! shared by every such request, within a budget).
 
 pub mod fetch;
+pub mod refetch;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,14 @@ struct Status {
     fetched_at: Option<Instant>,
 }
 
+/// What [`ExternalIssuer::verify`] made of a token.
+#[derive(Debug)]
+pub enum Checked {
+    Done(Result<Verified, TokenError>),
+    /// Signed with a key the cached set lacks (maybe just published).
+    UnknownKid,
+}
+
 /// One external issuer: its settings, its key set snapshot, and the refresh bookkeeping.
 #[derive(Debug)]
 pub struct ExternalIssuer {
@@ -111,15 +120,13 @@ pub struct ExternalIssuer {
     keys: ArcSwap<KeySet>,
     leeway_secs: u64,
     ready: AtomicBool,
-    /// Start of the clock `last_nudge_ms` counts on.
-    epoch: Instant,
-    /// When (ms after `epoch`, plus one so that 0 means never) an unknown `kid` last asked
-    /// for a refetch.
-    last_nudge_ms: AtomicU64,
-    nudge: tokio::sync::Notify,
+    /// Requests waiting on an unknown kid, and the refresher that fetches for them.
+    refetch: refetch::Refetch,
     /// For `/readyz` and the age gauge only; never touched on the request path.
     status: Mutex<Status>,
     unknown_kid: prometheus::IntCounter,
+    /// `portcullis_jwks_kid_waits_total`, in the order of [`refetch::Wait::ALL`].
+    kid_waits: [prometheus::IntCounter; 4],
     keys_gauge: prometheus::IntGauge,
 }
 
@@ -134,14 +141,15 @@ impl ExternalIssuer {
         );
         Self {
             unknown_kid: crate::ops::metrics::JWKS_UNKNOWN_KID.with_label_values(&[name]),
+            kid_waits: refetch::Wait::ALL.map(|w| {
+                crate::ops::metrics::JWKS_KID_WAITS.with_label_values(&[name, w.as_str()])
+            }),
             keys_gauge: crate::ops::metrics::JWKS_KEYS.with_label_values(&[name]),
             keys: ArcSwap::from_pointee(empty),
             conf,
             leeway_secs,
             ready: AtomicBool::new(false),
-            epoch: Instant::now(),
-            last_nudge_ms: AtomicU64::new(0),
-            nudge: tokio::sync::Notify::new(),
+            refetch: refetch::Refetch::default(),
             status: Mutex::new(Status::default()),
         }
     }
@@ -162,20 +170,18 @@ impl ExternalIssuer {
         st.fetched_at.map(|t| t.elapsed())
     }
 
-    /// Verifies a token whose `iss` names this issuer, with the keys in force now.
-    pub fn verify(&self, token: &Unverified<'_, '_>, now: u64) -> Result<Verified, TokenError> {
+    /// Verifies a token whose `iss` names this issuer, with the keys in force now. A `kid` the
+    /// set lacks is [`Checked::UnknownKid`]: the caller may [`Self::await_kid`] and try again.
+    pub fn verify(&self, token: &Unverified<'_, '_>, now: u64) -> Checked {
         let keys = self.keys.load();
         match token.kid() {
-            Some(kid) if !keys.has_kid(kid) => {
-                self.unknown_kid();
-                return Err(TokenError::Invalid("unknown kid"));
-            }
+            Some(kid) if !keys.has_kid(kid) => return Checked::UnknownKid,
             // Without a kid every key would be tried: with up to 32 published keys (RSA up to
             // 8192 bits) one forged token could cost dozens of verifications.
             None if keys.keys.len() > 1 => {
-                return Err(TokenError::Invalid(
+                return Checked::Done(Err(TokenError::Invalid(
                     "no kid, and the issuer has several keys",
-                ));
+                )));
             }
             _ => {}
         }
@@ -183,26 +189,27 @@ impl ExternalIssuer {
             user_id: &self.conf.user_id_claim,
             email: &self.conf.email_claim,
         };
-        token.check(&keys, Some(names), now)
+        Checked::Done(token.check(&keys, Some(names), now))
     }
 
-    /// A token named a `kid` we do not hold: maybe the issuer rotated. Asks the refresher for
-    /// a fetch, at most once per `min_refresh` (one atomic; the refresher bounds it again).
-    fn unknown_kid(&self) {
+    /// A token named `kid`, which the set lacks: maybe the issuer has just rotated. Waits (at
+    /// most `timeout_ms`) for a refetch shared with every request waiting here; true when the
+    /// set now holds the kid, so the token is worth checking again (`refetch`).
+    pub async fn await_kid(&self, kid: &str) -> bool {
         self.unknown_kid.inc();
-        let now = u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let last = self.last_nudge_ms.load(Ordering::Relaxed);
-        let gap = u64::try_from(self.conf.min_refresh.as_millis()).unwrap_or(u64::MAX);
-        if (last == 0 || now.saturating_sub(last) >= gap)
-            && self
-                .last_nudge_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.nudge.notify_one();
+        let wait = self
+            .refetch
+            .wait_for(self.conf.timeout, || self.keys.load().has_kid(kid))
+            .await;
+        let at = refetch::Wait::ALL
+            .iter()
+            .position(|&w| w == wait)
+            .unwrap_or_default();
+        self.kid_waits[at].inc();
+        if wait != refetch::Wait::Found {
+            tracing::debug!(issuer = %self.conf.name, result = wait.as_str(), "unknown kid");
         }
+        wait == refetch::Wait::Found
     }
 
     fn install(&self, parsed: jwk::Parsed) {
@@ -308,25 +315,31 @@ impl ExternalIssuer {
         }
     }
 
-    /// Keeps this issuer's keys fresh until shutdown.
+    /// Keeps this issuer's keys fresh until shutdown: on schedule, and when a request waits on
+    /// an unknown kid, within the [`refetch::Budget`].
     async fn run(&self, client: fetch::Client, mut shutdown: ShutdownWatch) {
         let mut backoff = FIRST_BACKOFF;
+        let mut budget = refetch::Budget::new(self.conf.min_refresh);
+        let mut due = tokio::time::Instant::now();
         loop {
-            let attempted = tokio::time::Instant::now();
+            let by_kid = tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep_until(due) => false,
+                () = self.refetch.wanted() => true,
+            };
+            if by_kid {
+                let earliest = budget.earliest(tokio::time::Instant::now()).min(due);
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    () = tokio::time::sleep_until(earliest) => {}
+                }
+            }
+            let at = tokio::time::Instant::now();
+            budget.record(at, by_kid && at < due);
+            self.refetch.begin(budget.earliest(at));
             let wait = self.refresh_once(&client, &mut backoff).await;
-            let due = tokio::time::Instant::now() + wait;
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                () = tokio::time::sleep_until(due) => continue,
-                () = self.nudge.notified() => {}
-            }
-            // An unknown kid: fetch now, but never sooner than `min_refresh` after the last
-            // fetch, nor later than it was due anyway.
-            let earliest = (attempted + self.conf.min_refresh).min(due);
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                () = tokio::time::sleep_until(earliest) => {}
-            }
+            self.refetch.end();
+            due = tokio::time::Instant::now() + wait;
         }
     }
 }
@@ -385,19 +398,5 @@ mod tests {
         assert_eq!(i.lifetime(Some(120)), Duration::from_secs(120));
         assert_eq!(i.lifetime(Some(0)), Duration::from_secs(30));
         assert_eq!(i.lifetime(Some(86_400)), Duration::from_secs(300));
-    }
-
-    #[test]
-    fn unknown_kid_nudges_at_most_once_per_min_refresh() {
-        let i = issuer(300, 30);
-        for _ in 0..1000 {
-            i.unknown_kid();
-        }
-        assert_eq!(i.unknown_kid.get(), 1000);
-        let first = i.last_nudge_ms.load(Ordering::Relaxed);
-        assert_ne!(first, 0);
-        // Within min_refresh the stamp does not move: no further nudge was sent.
-        i.unknown_kid();
-        assert_eq!(i.last_nudge_ms.load(Ordering::Relaxed), first);
     }
 }
