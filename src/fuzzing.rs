@@ -12,6 +12,42 @@ use crate::problem::Problem;
 
 pub use crate::accounts::body::{EmailPassword, MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
 pub use crate::authn::verify::{TokenError, Verified, verify};
+
+/// Another issuer's key set (`[[issuer]]`), made as the JWKS refresher makes it: each public
+/// key (SPKI PEM) published as a JWK under its kid and `alg`, the document parsed by
+/// `authn::jwk`; issuer, audience and leeway are [`ISSUER`], [`AUDIENCE`], [`LEEWAY_SECS`].
+pub fn external_keys(keys: &[(Alg, &str, &[u8])]) -> Result<KeySet, String> {
+    let mut jwks = Vec::with_capacity(keys.len());
+    for &(alg, kid, pem) in keys {
+        let mut jwk = crate::authn::keys::public_jwk(alg, pem)?;
+        jwk.insert("kid".into(), kid.into());
+        jwk.insert("alg".into(), alg.as_str().into());
+        jwk.insert("use".into(), "sig".into());
+        jwks.push(serde_json::Value::Object(jwk));
+    }
+    let doc = serde_json::json!({ "keys": jwks }).to_string();
+    let parsed = crate::authn::jwk::parse_jwks(doc.as_bytes())?;
+    if let Some(why) = parsed.skipped.first() {
+        return Err(why.clone());
+    }
+    Ok(KeySet::external(
+        parsed.keys,
+        ISSUER.to_owned(),
+        AUDIENCE.to_owned(),
+        LEEWAY_SECS,
+    ))
+}
+
+/// Verifies `token` as another issuer's (its user in `sub`, its email in `email`; no `jti`
+/// needed), with [`external_keys`].
+pub fn verify_external(token: &[u8], keys: &KeySet, now: u64) -> Result<Verified, TokenError> {
+    let mut scratch = crate::authn::verify::Scratch::new();
+    let names = crate::authn::verify::ClaimNames {
+        user_id: "sub",
+        email: "email",
+    };
+    crate::authn::verify::parse(token, &mut scratch)?.check(keys, Some(names), now)
+}
 pub use crate::edge::headers::{is_identity_header, strip_identity_headers};
 pub use crate::path::{PathError, normalise};
 

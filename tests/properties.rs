@@ -209,6 +209,167 @@ proptest! {
     }
 }
 
+/// Other issuers' algorithms (`[[issuer]]` JWKS keys): a fixture key per algorithm, under
+/// its kid, in one external key set with an RS256 key of the same RSA modulus (kid `rs`), so
+/// that a PS256 token naming the RS256 key, or the reverse, is an algorithm confusion.
+const EXTERNAL: [(Alg, &str, &str, &str); 3] = [
+    (Alg::ES384, "e384", "p384.pem", "p384.pub.pem"),
+    (Alg::ES512, "e512", "p521.pem", "p521.pub.pem"),
+    (Alg::PS256, "ps", "rsa.pem", "rsa.pub.pem"),
+];
+
+fn external_set() -> KeySet {
+    let pems: Vec<(Alg, &str, Vec<u8>)> = EXTERNAL
+        .iter()
+        .map(|&(alg, kid, _, public)| (alg, kid, key_file(public)))
+        .chain([(Alg::RS256, "rs", key_file("rsa.pub.pem"))])
+        .collect();
+    let refs: Vec<(Alg, &str, &[u8])> = pems
+        .iter()
+        .map(|(a, k, p)| (*a, *k, p.as_slice()))
+        .collect();
+    fuzzing::external_keys(&refs).unwrap()
+}
+
+/// Another issuer's token: `claims` under `{alg, kid}`, signed with the fixture key of `alg`
+/// (jsonwebtoken for ES384, PS256 and RS256; aws-lc-rs for ES512, which jsonwebtoken lacks).
+fn external_token(alg: Alg, kid: &str, claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let private = match alg {
+        Alg::ES384 => "p384.pem",
+        Alg::ES512 => "p521.pem",
+        _ => "rsa.pem",
+    };
+    let pem_bytes = key_file(private);
+    if alg == Alg::ES512 {
+        use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair};
+        let der = pem::parse(&pem_bytes).unwrap().into_contents();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, &der).unwrap();
+        let header = serde_json::json!({"alg": "ES512", "kid": kid, "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = pair.sign(&rng, input.as_bytes()).unwrap();
+        return format!("{input}.{}", b64(sig.as_ref()));
+    }
+    let (jwt_alg, key) = match alg {
+        Alg::ES384 => (
+            jsonwebtoken::Algorithm::ES384,
+            jsonwebtoken::EncodingKey::from_ec_pem(&pem_bytes).unwrap(),
+        ),
+        Alg::PS256 => (
+            jsonwebtoken::Algorithm::PS256,
+            jsonwebtoken::EncodingKey::from_rsa_pem(&pem_bytes).unwrap(),
+        ),
+        _ => (
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::EncodingKey::from_rsa_pem(&pem_bytes).unwrap(),
+        ),
+    };
+    let mut header = jsonwebtoken::Header::new(jwt_alg);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// What jsonwebtoken (the oracle, where it has the algorithm) makes of `token` with the
+/// public fixture key of `alg`: `None` for ES512.
+fn oracle_accepts(alg: Alg, token: &str) -> Option<bool> {
+    let (jwt_alg, key) = match alg {
+        Alg::ES384 => (
+            jsonwebtoken::Algorithm::ES384,
+            jsonwebtoken::DecodingKey::from_ec_pem(&key_file("p384.pub.pem")).unwrap(),
+        ),
+        Alg::PS256 => (
+            jsonwebtoken::Algorithm::PS256,
+            jsonwebtoken::DecodingKey::from_rsa_pem(&key_file("rsa.pub.pem")).unwrap(),
+        ),
+        _ => return None,
+    };
+    let mut v = jsonwebtoken::Validation::new(jwt_alg);
+    v.leeway = fuzzing::LEEWAY_SECS;
+    v.set_issuer(&[fuzzing::ISSUER]);
+    v.set_audience(&[fuzzing::AUDIENCE]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    // jsonwebtoken reads the system clock: the claims are made around it.
+    Some(jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).is_ok())
+}
+
+/// Another issuer's token of `alg`, without `jti` (Better Auth mints none): accepted with the
+/// same identity, and by jsonwebtoken; every changed byte refused, by both; the same claims
+/// under a kid bound to another algorithm refused.
+fn external_round_trip(
+    alg: Alg,
+    user: &str,
+    email: &str,
+    mutations: &[(prop::sample::Index, u8)],
+) -> Result<(), TestCaseError> {
+    let keys = external_set();
+    let now = portcullis::clock::unix_secs();
+    let claims = serde_json::json!({"sub": user, "email": email, "iat": now, "exp": now + 600,
+        "iss": fuzzing::ISSUER, "aud": fuzzing::AUDIENCE});
+    let kid = EXTERNAL.iter().find(|e| e.0 == alg).unwrap().1;
+    let token = external_token(alg, kid, &claims);
+    let who = fuzzing::verify_external(token.as_bytes(), &keys, now)
+        .map_err(|e| TestCaseError::fail(format!("{alg:?}: {e:?}")))?;
+    prop_assert_eq!(who.sub(), user);
+    prop_assert_eq!(who.email.as_ref().unwrap().as_bytes(), email.as_bytes());
+    prop_assert_eq!(who.jti, None);
+    prop_assert_eq!(who.exp, now + 600);
+    prop_assert!(oracle_accepts(alg, &token).unwrap_or(true));
+    prop_assert_eq!(
+        fuzzing::verify_external(token.as_bytes(), &keys, now + 600 + 31).unwrap_err(),
+        TokenError::Expired
+    );
+    for (at, byte) in mutations {
+        let mut evil = token.clone().into_bytes();
+        let i = at.index(evil.len());
+        if evil[i] == *byte {
+            continue;
+        }
+        evil[i] = *byte;
+        let ours = fuzzing::verify_external(&evil, &keys, now).is_ok();
+        prop_assert!(
+            !ours,
+            "{alg:?}: byte {i} -> {:?} accepted",
+            char::from(*byte)
+        );
+        if let Ok(evil) = std::str::from_utf8(&evil) {
+            prop_assert_ne!(oracle_accepts(alg, evil), Some(true), "oracle: byte {}", i);
+        }
+    }
+    // The key named is bound to its own algorithm: a token naming another kid is refused.
+    for (other, other_kid, ..) in EXTERNAL.iter().chain(&[(Alg::RS256, "rs", "", "")]) {
+        if *other != alg {
+            let confused = external_token(alg, other_kid, &claims);
+            prop_assert!(
+                fuzzing::verify_external(confused.as_bytes(), &keys, now).is_err(),
+                "{alg:?} token naming the {other:?} key {other_kid}"
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    // RSA and P-521 signing are slow in a debug build: few cases, many mutations each.
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    #[test]
+    fn es384_es512_and_ps256_tokens_of_other_issuers_round_trip_and_changed_bytes_are_refused(
+        user in "[A-Za-z0-9_-]{1,40}",
+        email in email(),
+        m in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..48),
+    ) {
+        for (alg, ..) in EXTERNAL {
+            external_round_trip(alg, &user, &email, &m)?;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // identity bodies
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 //!
 //! Input: one mode byte, then either
 //! - even mode: the rest is a token, verified against the HS256, EdDSA (with a retired key),
-//!   ES256 and RS256 key sets;
+//!   ES256 and RS256 key sets of our own tokens, and as another issuer's (`[[issuer]]`) token
+//!   against JWKS key sets of ES384, ES512 and PS256 (beside an RS256 key of the same RSA
+//!   modulus);
 //! - odd mode: the rest is `header JSON \n claims JSON` (or claims alone, under the key's
 //!   usual header), signed with the key that `mode >> 1` picks, then verified. This is how
 //!   the fuzzer reaches the claim checks, which a random signature never passes.
@@ -10,6 +12,8 @@
 //! Properties: `verify` never panics; whatever it accepts forwards header-safe identity
 //! values; and whatever it accepts, `jsonwebtoken::decode` (same algorithm, issuer, audience,
 //! leeway, `nbf` checked, `exp`/`iss`/`aud`/`sub` required) accepts too, with the same claims.
+//! ES512 has no oracle (jsonwebtoken lacks P-521): its tokens are signed with aws-lc-rs and
+//! held to the first two properties.
 //! Two allowed differences, both about members Portcullis never reads: a header whose
 //! registered parameters (`typ`, `x5c`, `jwk`, …) `jsonwebtoken` cannot parse, and, in a claim
 //! Portcullis skips, a number beyond `f64` or an unpaired surrogate escape (`\ud800`): both
@@ -19,6 +23,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
@@ -39,12 +44,42 @@ const SKIPPED_MEMBER_ONLY: &[&str] = &[
 ];
 
 struct Fixture {
-    alg: Algorithm,
+    /// The header's `alg`.
+    name: &'static str,
     kid: Option<&'static str>,
     keys: KeySet,
-    sign_with: EncodingKey,
-    /// Every key the set trusts, as `jsonwebtoken` reads it.
+    /// Verified as another issuer's token (`[[issuer]]`: no `jti` needed) or as ours.
+    external: bool,
+    sign_with: Signer,
+    /// Every key the set trusts, as `jsonwebtoken` reads it (none for ES512).
     oracle: Vec<DecodingKey>,
+}
+
+enum Signer {
+    Jwt(Algorithm, EncodingKey),
+    /// jsonwebtoken has no P-521.
+    P521(EcdsaKeyPair),
+}
+
+impl Signer {
+    fn sign(&self, message: &str) -> String {
+        match self {
+            Self::Jwt(alg, key) => {
+                jsonwebtoken::crypto::sign(message.as_bytes(), key, *alg).expect("sign")
+            }
+            Self::P521(pair) => {
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                B64.encode(pair.sign(&rng, message.as_bytes()).expect("sign"))
+            }
+        }
+    }
+
+    fn alg(&self) -> Option<Algorithm> {
+        match self {
+            Self::Jwt(alg, _) => Some(*alg),
+            Self::P521(_) => None,
+        }
+    }
 }
 
 fn key(name: &str) -> Vec<u8> {
@@ -107,12 +142,62 @@ fn fixture(alg: Alg, kid: Option<&'static str>, private: &str, public: &[&str]) 
         Alg::ES384 | Alg::ES512 | Alg::PS256 => unreachable!("not an own-token algorithm"),
     };
     Fixture {
-        alg: jwt_alg,
+        name: alg.as_str(),
         kid,
         keys,
+        external: false,
+        sign_with: Signer::Jwt(jwt_alg, sign_with),
+        oracle,
+    }
+}
+
+/// Another issuer's key set, of the fixture key of `alg` under `kid`, beside an RS256 key of
+/// the RSA fixture under `rs` (for PS256 a key of the same modulus bound to another algorithm).
+fn external(alg: Alg, kid: &'static str, private: &str, public: &str) -> Fixture {
+    let rsa = key("rsa.pub.pem");
+    let public_pem = key(public);
+    let keys = fuzzing::external_keys(&[(alg, kid, &public_pem), (Alg::RS256, "rs", &rsa)])
+        .expect("fixture JWKS");
+    let material = key(private);
+    let (sign_with, oracle) = match alg {
+        Alg::ES384 => (
+            Signer::Jwt(
+                Algorithm::ES384,
+                EncodingKey::from_ec_pem(&material).unwrap(),
+            ),
+            vec![DecodingKey::from_ec_pem(&public_pem).unwrap()],
+        ),
+        Alg::PS256 => (
+            Signer::Jwt(
+                Algorithm::PS256,
+                EncodingKey::from_rsa_pem(&material).unwrap(),
+            ),
+            vec![DecodingKey::from_rsa_pem(&public_pem).unwrap()],
+        ),
+        Alg::ES512 => {
+            let der = pem_contents(&material);
+            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, &der).unwrap();
+            (Signer::P521(pair), Vec::new())
+        }
+        _ => unreachable!("the external fixtures are ES384, ES512 and PS256"),
+    };
+    Fixture {
+        name: alg.as_str(),
+        kid: Some(kid),
+        keys,
+        external: true,
         sign_with,
         oracle,
     }
+}
+
+/// The DER inside a one-block PEM file.
+fn pem_contents(pem: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(pem).expect("PEM is text");
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM base64")
 }
 
 static FIXTURES: LazyLock<Vec<Fixture>> = LazyLock::new(|| {
@@ -126,6 +211,9 @@ static FIXTURES: LazyLock<Vec<Fixture>> = LazyLock::new(|| {
         ),
         fixture(Alg::ES256, Some("es"), "p256.pem", &["p256.pub.pem"]),
         fixture(Alg::RS256, Some("rs"), "rsa.pem", &["rsa.pub.pem"]),
+        external(Alg::ES384, "e384", "p384.pem", "p384.pub.pem"),
+        external(Alg::ES512, "e512", "p521.pem", "p521.pub.pem"),
+        external(Alg::PS256, "ps", "rsa.pem", "rsa.pub.pem"),
     ]
 });
 
@@ -144,7 +232,7 @@ fuzz_target!(|data: &[u8]| {
     let (header, claims) = match rest.iter().position(|&b| b == b'\n') {
         Some(i) => (rest[..i].to_vec(), &rest[i + 1..]),
         None => {
-            let mut h = serde_json::json!({"alg": format!("{:?}", f.alg), "typ": "JWT"});
+            let mut h = serde_json::json!({"alg": f.name, "typ": "JWT"});
             if let Some(kid) = f.kid {
                 h["kid"] = kid.into();
             }
@@ -152,22 +240,30 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let message = format!("{}.{}", B64.encode(header), B64.encode(claims));
-    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &f.sign_with, f.alg).expect("sign");
+    let sig = f.sign_with.sign(&message);
     check(f, format!("{message}.{sig}").as_bytes(), now);
 });
 
 fn check(f: &Fixture, token: &[u8], now: u64) {
-    let Ok(ours) = fuzzing::verify(token, &f.keys, now) else {
+    let verified = if f.external {
+        fuzzing::verify_external(token, &f.keys, now)
+    } else {
+        fuzzing::verify(token, &f.keys, now)
+    };
+    let Ok(ours) = verified else {
         return;
     };
     for value in std::iter::once(&ours.user_id).chain(ours.email.as_ref()) {
         let b = value.as_bytes();
         assert!(!b.is_empty() && b.len() <= 256 && b.iter().all(|c| (0x21..0x7f).contains(c)));
     }
+    let Some(alg) = f.sign_with.alg() else {
+        return; // ES512: no oracle
+    };
     if jsonwebtoken::decode_header(token).is_err() {
         return; // the first allowed difference, see the module comment
     }
-    let mut validation = Validation::new(f.alg);
+    let mut validation = Validation::new(alg);
     validation.leeway = LEEWAY_SECS;
     validation.validate_nbf = true;
     validation.set_issuer(&[ISSUER]);

@@ -209,16 +209,39 @@ fn okp_jwk(raw: &[u8]) -> Map<String, Value> {
 }
 
 fn ec_jwk(point: &[u8]) -> Result<Map<String, Value>, String> {
-    // Uncompressed SEC1 point: 0x04 || x (32) || y (32).
-    if point.len() != 65 || point[0] != 4 {
-        return Err("EC public key is not an uncompressed P-256 point".into());
+    ec_point_jwk(point, "P-256", 32)
+}
+
+/// The JWK of an uncompressed SEC1 point, 0x04 || x || y, on `crv` (coordinates of `len` bytes).
+fn ec_point_jwk(point: &[u8], crv: &str, len: usize) -> Result<Map<String, Value>, String> {
+    if point.len() != 1 + 2 * len || point[0] != 4 {
+        return Err(format!("EC public key is not an uncompressed {crv} point"));
     }
     let mut m = Map::new();
     m.insert("kty".into(), "EC".into());
-    m.insert("crv".into(), "P-256".into());
-    m.insert("x".into(), b64(&point[1..33]));
-    m.insert("y".into(), b64(&point[33..]));
+    m.insert("crv".into(), crv.into());
+    m.insert("x".into(), b64(&point[1..=len]));
+    m.insert("y".into(), b64(&point[1 + len..]));
     Ok(m)
+}
+
+/// The public JWK (`kty` and `crv`/`x`/`y`, `n`/`e` or `x`) of a public key in PEM (SPKI), as
+/// an issuer publishes it for `alg`: how the fuzz targets and property tests build another
+/// issuer's JWKS from the fixture keys.
+pub(crate) fn public_jwk(alg: Alg, pem_text: &[u8]) -> Result<Map<String, Value>, String> {
+    let der = pem_der(pem_text, "PUBLIC KEY")?;
+    parse_public(alg, &der)?;
+    let tail = |n: usize| &der[der.len().saturating_sub(n)..];
+    match alg {
+        Alg::EdDSA => Ok(okp_jwk(tail(32))),
+        Alg::ES256 => ec_point_jwk(tail(65), "P-256", 32),
+        Alg::ES384 => ec_point_jwk(tail(97), "P-384", 48),
+        Alg::ES512 => ec_point_jwk(tail(133), "P-521", 66),
+        Alg::RS256 | Alg::PS256 => rsa::PublicKey::from_der(&der)
+            .map(|k| rsa_jwk(&k))
+            .map_err(|e| format!("not an RSA public key ({e})")),
+        Alg::HS256 => Err("HS256 has no public key".into()),
+    }
 }
 
 fn rsa_jwk(public: &rsa::PublicKey) -> Map<String, Value> {
