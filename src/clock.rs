@@ -12,3 +12,10 @@ pub fn unix_secs() -> u64 {
 pub fn unix_now() -> i64 {
     i64::try_from(unix_secs()).unwrap_or(i64::MAX)
 }
+
+/// Milliseconds since the epoch (a token's expiry turned into a timer).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

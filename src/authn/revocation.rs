@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::clock::unix_now;
@@ -124,6 +126,10 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Revocations {
     current: ArcSwap<Snapshot>,
+    /// Bumped by every [`Self::apply`] that revokes something new, before `news` is notified:
+    /// long-lived connections (`edge::lifetime`) look again only when it moved.
+    generation: AtomicU64,
+    news: Notify,
 }
 
 impl Revocations {
@@ -131,17 +137,34 @@ impl Revocations {
         self.current.load()
     }
 
+    /// How many times something new was revoked.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Resolves after the next revocation (owning its handle: a connection keeps it boxed).
+    pub fn news(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let me = Arc::clone(self);
+        async move { me.news.notified().await }
+    }
+
     /// Applies revocations (from this replica's sign-out or from the store).
     pub fn apply(&self, revocations: &[Revocation]) {
         let now = unix_now();
         // Only the sync service and sign-outs write; rcu retries on a concurrent swap.
+        let mut news = false;
         self.current.rcu(|cur| {
-            if cur.is_news(revocations) {
+            news = cur.is_news(revocations);
+            if news {
                 Arc::new(cur.with(revocations, now))
             } else {
                 Arc::clone(cur)
             }
         });
+        if news {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.news.notify_waiters();
+        }
     }
 
     /// Drops the entries that protect nothing any more (their tokens have expired).

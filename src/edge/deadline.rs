@@ -16,8 +16,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::edge::lifetime::{Gate, Lifetime};
+
 /// A stream whose reads fail with `TimedOut` once an armed deadline has passed.
 #[derive(Debug)]
 pub struct HeadDeadline {
@@ -43,6 +45,9 @@ pub struct HeadDeadline {
     /// Atomic because the proxy reaches the stream through a shared reference.
     due: AtomicU64,
     sleep: Pin<Box<Sleep>>,
+    /// The token's end, while a long-lived response of a verified identity is under way
+    /// (`edge::lifetime`); locked only to arm and drop it, polled through `get_mut`.
+    lifetime: Mutex<Option<Box<Lifetime>>>,
 }
 
 impl HeadDeadline {
@@ -55,6 +60,7 @@ impl HeadDeadline {
             start,
             due: AtomicU64::new(0),
             sleep: Box::pin(tokio::time::sleep_until(start + timeout)),
+            lifetime: Mutex::new(None),
         };
         d.arm();
         d
@@ -72,9 +78,50 @@ impl HeadDeadline {
         self.due.store(0, Ordering::Relaxed);
     }
 
+    /// A long-lived response starts: the connection ends with its token (`edge::lifetime`).
+    pub fn live_until(&self, lifetime: Lifetime) {
+        *self.lifetime.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(lifetime));
+    }
+
+    /// The response is done: its token no longer bounds the connection.
+    pub fn end_of_life(&self) {
+        let mut l = self.lifetime.lock().unwrap_or_else(PoisonError::into_inner);
+        if l.is_some() {
+            *l = None;
+        }
+    }
+
+    /// The armed lifetime's verdict on the next read or write.
+    fn gate(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Error>> {
+        let lifetime = self
+            .lifetime
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()?;
+        match lifetime.poll_gate(cx, &mut self.inner) {
+            Gate::Open => None,
+            Gate::Pending => Some(Poll::Pending),
+            Gate::Closed => Some(Poll::Ready(lifetime.error())),
+        }
+    }
+
     /// The deadline wrapped around a session's stream, if there is one.
     pub fn of(stream: Option<&Stream>) -> Option<&Self> {
         stream.and_then(|s| s.as_ref().as_any().downcast_ref::<Self>())
+    }
+}
+
+impl HeadDeadline {
+    /// Follows the written bytes through the armed lifetime's framing.
+    fn wrote(&mut self, bytes: &[u8]) {
+        if let Some(l) = self
+            .lifetime
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            l.wrote(bytes);
+        }
     }
 }
 
@@ -85,6 +132,9 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(gate) = this.gate(cx) {
+            return gate.map(Err);
+        }
         let due = this.due.load(Ordering::Relaxed);
         if due != 0 {
             let at = this.start + Duration::from_millis(due - 1);
@@ -118,7 +168,15 @@ impl AsyncWrite for HeadDeadline {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if let Some(gate) = this.gate(cx) {
+            return gate.map(Err);
+        }
+        let wrote = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = wrote {
+            this.wrote(&buf[..n]);
+        }
+        wrote
     }
 
     fn poll_write_vectored(
@@ -126,7 +184,22 @@ impl AsyncWrite for HeadDeadline {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        if let Some(gate) = this.gate(cx) {
+            return gate.map(Err);
+        }
+        let wrote = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = wrote {
+            for b in bufs {
+                let part = n.min(b.len());
+                this.wrote(&b[..part]);
+                n -= part;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        wrote
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -14,6 +14,7 @@ pub mod drain;
 pub mod forward_auth;
 pub mod framing;
 pub mod headers;
+pub mod lifetime;
 pub mod proxy;
 pub mod route_metrics;
 pub mod routes;

@@ -463,6 +463,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.decorate(response, session.req_header(), ctx);
+        // An upgraded connection or a streamed response of a verified identity ends with its
+        // token (`lifetime`); ordinary responses never arm anything.
+        if let Some(who) = &ctx.identity
+            && crate::edge::lifetime::is_long_lived(response, &session.req_header().method)
+            && let Some(d) = HeadDeadline::of(session.as_downstream().stream())
+        {
+            d.live_until(crate::edge::lifetime::Lifetime::new(
+                who,
+                self.auth.keys.leeway_secs,
+                &self.auth.revocations,
+            ));
+        }
         Ok(())
     }
 
@@ -505,6 +517,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         // A kept-alive connection must send its next head in time too.
         if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
+            d.end_of_life();
             d.arm();
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

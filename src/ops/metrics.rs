@@ -156,6 +156,16 @@ metrics! {
         "bcrypt jobs refused (queue full or wait exceeded): answered 503",
     );
 
+    /// Long-lived connections (upgraded, streamed) ended because their token ended
+    /// (`edge::lifetime`).
+    CONNECTIONS_CLOSED: IntCounterVec = IntCounterVec::new(
+        Opts::new(
+            "portcullis_connections_closed_total",
+            "Upgraded connections and streamed responses the gateway closed because their token expired or was revoked",
+        ),
+        &["reason"],
+    );
+
     /// Connections closed because a request head (or identity body) did not arrive in time.
     HEAD_TIMEOUTS: prometheus::IntCounter = prometheus::IntCounter::new(
         "portcullis_request_head_timeouts_total",

@@ -1,0 +1,361 @@
+//! Long-lived connections end with their token (CONTRACT 13), black-box: the real gateway in
+//! front of an upstream started here that speaks WebSocket (tungstenite, echoing) and
+//! Server-Sent Events (an event every 100 ms, chunked), and real clients: tungstenite's
+//! WebSocket client, and a raw HTTP/1.1 reader of the event stream. Tokens expire a few
+//! seconds in (`leeway_secs = 0`), or are signed out.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::config::TestConfig;
+use common::db::{Db, Store};
+use common::*;
+use serde_json::json;
+
+/// The upstream: `/ws` upgrades and echoes every message; `/events` streams an event every
+/// 100 ms until the connection breaks.
+fn upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || serve(s));
+        }
+    });
+    addr
+}
+
+fn serve(s: TcpStream) {
+    let mut peek = [0u8; 16];
+    let n = s.peek(&mut peek).unwrap_or(0);
+    if peek[..n].starts_with(b"GET /ws") {
+        let Ok(mut ws) = tungstenite::accept(s) else {
+            return;
+        };
+        while let Ok(m) = ws.read() {
+            if (m.is_text() || m.is_binary()) && ws.send(m).is_err() {
+                return;
+            }
+        }
+        return;
+    }
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+        line.clear();
+    }
+    let mut s = s;
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\n\
+                transfer-encoding: chunked\r\n\r\n";
+    if s.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for i in 0.. {
+        let event = format!("data: {i}\n\n");
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        if s.write_all(chunk.as_bytes()).is_err() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A gateway with `leeway_secs = 0` in front of [`upstream`], the identity endpoints on.
+fn gateway() -> Gateway {
+    gateway_on(upstream(), None)
+}
+
+/// [`gateway`] in front of `up`, on the store at `store` (SQLite of its own when `None`).
+fn gateway_on(up: SocketAddr, store: Option<&str>) -> Gateway {
+    let mut config = TestConfig::new();
+    if let Some(url) = store {
+        config = config.store(url);
+    }
+    let config = config
+        .tokens(
+            r#"[tokens]
+algorithm = "HS256"
+secret_env = "PORTCULLIS_TEST_SECRET"
+ttl_secs = 3600
+issuer = "portcullis"
+audience = "portcullis"
+leeway_secs = 0
+"#,
+        )
+        .cookie("secure = false")
+        .fast_bcrypt()
+        .no_rate_limits()
+        .upstream("live", &format!("\"{up}\""), &[])
+        .route("/ws", "live", "required", &[])
+        .route("/events", "live", "required", &[])
+        .route("/open/{*rest}", "live", "public", &[])
+        .build();
+    Gateway::start(&config, &[])
+}
+
+/// A token of a fresh user expiring `secs` from now.
+fn expiring_in(secs: u64) -> (String, u64) {
+    let exp = u64::try_from(now()).unwrap() + secs;
+    let token = hs256(&claims_with(&new_sub(), |c| {
+        c.insert("exp".into(), json!(exp));
+    }));
+    (token, exp)
+}
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+fn websocket(gw: &Gateway, token: &str) -> Ws {
+    use tungstenite::client::IntoClientRequest as _;
+    let mut req = format!("ws://{}/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, response) = tungstenite::connect(req).expect("the upgrade passes");
+    assert_eq!(response.status(), 101);
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+    }
+    ws
+}
+
+/// Echoes through `ws` until the gateway ends it: when, and the close frame it sent.
+fn echo_until_closed(
+    ws: &mut Ws,
+    within: Duration,
+) -> (Instant, Option<tungstenite::protocol::CloseFrame>) {
+    let deadline = Instant::now() + within;
+    let mut sent = 0u32;
+    let mut last_sent: Option<Instant> = None;
+    loop {
+        assert!(Instant::now() < deadline, "the connection is still open");
+        if last_sent.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            sent += 1;
+            if ws
+                .send(tungstenite::Message::text(format!("m{sent}")))
+                .is_err()
+            {
+                return (Instant::now(), None);
+            }
+            last_sent = Some(Instant::now());
+        }
+        match ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => return (Instant::now(), frame),
+            Ok(m) => assert!(m.is_text(), "{m:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (Instant::now(), None),
+        }
+    }
+}
+
+/// When `exp` (seconds after the epoch) is, as an instant of this clock.
+fn instant_of(exp: u64) -> Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let left = u128::from(exp) * 1000 - now_ms.min(u128::from(exp) * 1000);
+    Instant::now() + Duration::from_millis(u64::try_from(left).unwrap())
+}
+
+fn closed(gw: &Gateway, reason: &str) -> u64 {
+    let name = format!(r#"portcullis_connections_closed_total{{reason="{reason}"}}"#);
+    get(gw.admin, "/metrics", &[])
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_websocket_is_closed_with_1008_when_its_token_expires() {
+    let gw = gateway();
+    let (token, exp) = expiring_in(3);
+    let mut ws = websocket(&gw, &token);
+    let expires = instant_of(exp);
+    let (at, frame) = echo_until_closed(&mut ws, Duration::from_secs(10));
+    let late = at.saturating_duration_since(expires);
+    eprintln!("websocket closed {late:?} after exp (+ leeway 0)");
+    assert!(
+        at + Duration::from_millis(50) >= expires,
+        "not before the expiry"
+    );
+    assert!(
+        late < Duration::from_secs(1),
+        "within a second of the expiry: {late:?}"
+    );
+    let frame = frame.expect("a close frame: a clean close");
+    assert_eq!(u16::from(frame.code), 1008);
+    assert_eq!(frame.reason.as_str(), "token expired");
+    assert_eq!(closed(&gw, "expired"), 1);
+    // The token is refused (from the next second on: `exp` is checked in whole seconds).
+    thread::sleep(instant_of(exp + 1).saturating_duration_since(Instant::now()));
+    let r = gw.get("/ws", &[("Authorization", &format!("Bearer {token}"))]);
+    assert_401(&r, "token_expired", true);
+}
+
+/// Registers a user through `gw`: its token.
+fn register(gw: &Gateway) -> String {
+    let email = format!("{}@example.test", &new_sub()[..8]);
+    let body = json!({"email": email, "password": "correct horse battery"}).to_string();
+    let r = post(gw, "/api/v1/auth/register", &[], &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    gw.raw(&request_bytes("POST", path, &h, Some(body.as_bytes())))
+}
+
+/// Signs `token` out through `gw` (`?scope=all` when `all`): when.
+fn sign_out(gw: &Gateway, token: &str, all: bool) -> Instant {
+    let auth = format!("Bearer {token}");
+    let path = if all {
+        "/api/v1/auth/signout?scope=all"
+    } else {
+        "/api/v1/auth/signout"
+    };
+    let r = post(gw, path, &[("Authorization", &auth)], "");
+    assert_eq!(r.status, 204, "{}", r.text());
+    Instant::now()
+}
+
+/// `ws` is closed by the gateway within a second of `since`, with 1008 "token revoked".
+#[track_caller]
+fn closed_as_revoked(ws: &mut Ws, since: Instant, what: &str) {
+    let (at, frame) = echo_until_closed(ws, Duration::from_secs(5));
+    let late = at.saturating_duration_since(since);
+    eprintln!("websocket closed {late:?} after {what}");
+    assert!(late < Duration::from_secs(1), "{what}: {late:?}");
+    let frame = frame.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1008);
+    assert_eq!(frame.reason.as_str(), "token revoked");
+}
+
+/// `ws` still echoes.
+#[track_caller]
+fn still_open(ws: &mut Ws) {
+    ws.send(tungstenite::Message::text("still here")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match ws.read() {
+            Ok(m) if m.is_text() => return,
+            Ok(m) => panic!("{m:?}"),
+            Err(tungstenite::Error::Io(_)) if Instant::now() < deadline => {}
+            Err(e) => panic!("the connection broke: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_websocket_is_closed_when_its_user_signs_out_and_others_stay_open() {
+    let gw = gateway();
+    let token = register(&gw);
+    let (other, _) = expiring_in(3600);
+    let mut mine = websocket(&gw, &token);
+    let mut theirs = websocket(&gw, &other);
+    thread::sleep(Duration::from_millis(300));
+    let signed_out = sign_out(&gw, &token, false);
+    closed_as_revoked(&mut mine, signed_out, "sign-out");
+    assert_eq!(closed(&gw, "revoked"), 1);
+    still_open(&mut theirs);
+}
+
+#[test]
+fn sign_out_everywhere_on_another_replica_closes_every_websocket_of_the_user() {
+    let db = Db::new(Store::Postgres);
+    let up = upstream();
+    let a = gateway_on(up, Some(&db.url));
+    let b = gateway_on(up, Some(&db.url));
+    let first = register(&a);
+    // A second session of the same user, signed in through the other replica.
+    let me = json!({"email": claims_of(&first)["email"], "password": "correct horse battery"});
+    let r = post(&b, "/api/v1/auth/signin", &[], &me.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second = r.json()["token"].as_str().unwrap().to_owned();
+    let mut on_a = websocket(&a, &first);
+    let mut also_on_a = websocket(&a, &second);
+    let (other, _) = expiring_in(3600);
+    let mut someone_else = websocket(&a, &other);
+    thread::sleep(Duration::from_millis(300));
+
+    let signed_out = sign_out(&b, &second, true);
+    closed_as_revoked(&mut on_a, signed_out, "scope=all on another replica");
+    closed_as_revoked(&mut also_on_a, signed_out, "scope=all on another replica");
+    assert_eq!(closed(&a, "revoked"), 2);
+    still_open(&mut someone_else);
+}
+
+/// The claims of a token (unverified: the test's own).
+fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn an_event_stream_ends_with_its_last_chunk_when_its_token_expires() {
+    let gw = gateway();
+    let (token, exp) = expiring_in(2);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "GET /events HTTP/1.1\r\nhost: t\r\naccept: text/event-stream\r\nauthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let expires = instant_of(exp);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the stream ended with an error, not a close: {e}"),
+        }
+    }
+    let at = Instant::now();
+    let late = at.saturating_duration_since(expires);
+    eprintln!("event stream ended {late:?} after exp");
+    assert!(late < Duration::from_secs(1), "{late:?}");
+    assert!(at + Duration::from_millis(50) >= expires);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("data: 5"), "events flowed: {text}");
+    assert!(
+        text.ends_with("\r\n0\r\n\r\n"),
+        "the response ends with its last chunk: {:?}",
+        &text[text.len().saturating_sub(40)..]
+    );
+    assert_eq!(closed(&gw, "expired"), 1);
+}
+
+#[test]
+fn connections_without_identity_or_with_a_length_are_not_ended() {
+    let gw = gateway();
+    // A public stream has no token to end with: still flowing after 1.5 s.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET /open/events HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert!(s.read(&mut buf).unwrap() > 0, "the public stream flows");
+    }
+    assert_eq!(closed(&gw, "expired") + closed(&gw, "revoked"), 0);
+}
