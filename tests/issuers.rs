@@ -54,11 +54,12 @@ struct JwksServer {
 
 impl JwksServer {
     fn start(answer: Answer) -> Self {
-        Self::start_on(free_port(), answer)
+        Self::start_on(0, answer) // port 0: no race with other tests for a free port
     }
 
     fn start_on(port: u16, answer: Answer) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the JWKS server");
+        let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let answer = Arc::new(Mutex::new(answer));
         let fetches = Arc::new(AtomicUsize::new(0));
