@@ -13,7 +13,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use pingora::http::RequestHeader;
 use portcullis::authn::{self, Alg, KeySet, VerifyKey};
 use portcullis::config::{self, Env};
-use portcullis::edge::proxy::{Decision, Gateway, RequestCtx};
+use portcullis::edge::gateway::{Decision, Gateway};
+use portcullis::edge::proxy::RequestCtx;
 use serde::{Deserialize, Serialize};
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret!";

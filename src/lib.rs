@@ -29,7 +29,7 @@ use pingora::services::listening::Service;
 use crate::accounts::{endpoints, password, ratelimit, store, sync};
 use crate::authn::{issuers, revocation};
 use crate::config::Config;
-use crate::edge::{deadline, drain, proxy, upstream};
+use crate::edge::{deadline, drain, upstream};
 use crate::ops::{admin, metrics};
 
 /// Builds the Pingora server for a validated config: the edge proxy, the admin listener and the
@@ -135,7 +135,7 @@ fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
 
     let in_flight = Arc::new(drain::InFlight::default());
     let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
-    let gateway = proxy::Gateway {
+    let gateway = edge::gateway::Gateway {
         metrics: crate::edge::route_metrics::TableMetrics::new(&routes),
         routes,
         upstreams,
@@ -264,7 +264,7 @@ fn identity_endpoints(
 
 /// The public listener: plain TCP, or TLS (rustls) offering HTTP/2 by ALPN.
 fn add_edge_listener(
-    edge: &mut Service<deadline::Guarded<pingora::proxy::HttpProxy<proxy::Gateway>>>,
+    edge: &mut Service<deadline::Guarded<pingora::proxy::HttpProxy<edge::gateway::Gateway>>>,
     config: &Config,
 ) -> Result<(), String> {
     use pingora::listeners::{L4BufferSettings, ListenerConfig};

@@ -3,7 +3,7 @@
 //! `X-Original-URI`; Traefik: `X-Forwarded-Method` / `X-Forwarded-Uri`; Envoy `ext_authz`: its
 //! own method and the path after `/_portcullis/auth/envoy`); that request is rebuilt with the
 //! asking request's headers (credential, cookie, `Origin`, ...) and goes through the very
-//! admission the proxy uses ([`Gateway::admit`]: framing, canonical path, spoof stripping,
+//! admission the proxy uses (`gateway::Gateway::admit`: framing, canonical path, spoof stripping,
 //! route table, token, claim rules, owner rule, revocation). Allowed: 200 with the identity
 //! headers for the proxy to copy upstream. Refused: the problem the proxy itself would answer.
 //!
@@ -18,12 +18,11 @@
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
 use http::HeaderName;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::headers::{X_USER_EMAIL, X_USER_ID};
-use super::proxy::{Decision, Gateway, RequestCtx};
+use crate::authn::Verified;
 use crate::config::{FORWARD_AUTH_PREFIX, ForwardAuth};
 use crate::problem::{Code, Problem};
 
@@ -40,7 +39,7 @@ pub enum Asker {
 
 impl Asker {
     /// The endpoint `path` (under [`FORWARD_AUTH_PREFIX`]) names; `None` for an unknown one.
-    fn of(path: &str) -> Option<Self> {
+    pub(super) fn of(path: &str) -> Option<Self> {
         let rest = path.strip_prefix(FORWARD_AUTH_PREFIX)?;
         match rest {
             "nginx" => Some(Self::Nginx),
@@ -175,100 +174,72 @@ pub fn raw_ask(req: &RequestHeader) -> Option<Vec<u8>> {
         .then(|| raw.to_vec())
 }
 
-impl Gateway {
-    /// The answer to a forward-auth request `asking` (already stripped of identity headers,
-    /// canonical): see the module's documentation. Counted by asker and result.
-    pub(super) fn forward_auth(
-        &self,
-        fa: &ForwardAuth,
-        asking: &RequestHeader,
-        as_sent: Option<&[u8]>,
-        ctx: &mut RequestCtx,
-        now: u64,
-    ) -> Result<Decision, Problem> {
-        let asker = Asker::of(asking.uri.path());
-        let answer = self.decide(fa, asker, asking, as_sent, ctx, now);
-        if ctx.unknown_kid.is_some() {
-            return answer; // decided again after the refetch, and counted then
-        }
-        let result = match &answer {
-            Ok(_) => "allow",
-            Err(p) => p.code.as_str(),
-        };
-        crate::ops::metrics::FORWARD_AUTH_DECISIONS
-            .with_label_values(&[asker.map_or("unknown", Asker::as_str), result])
-            .inc();
-        answer
+/// The original request another proxy asks about, rebuilt from the asking request `asking`
+/// (already stripped of identity headers, canonical) for the proxy's own admission: refused
+/// unless `peer` is a trusted proxy, the endpoint is known, and the original is well formed.
+pub(super) fn original_request(
+    fa: &ForwardAuth,
+    asker: Option<Asker>,
+    asking: &RequestHeader,
+    as_sent: Option<&[u8]>,
+    peer: Option<IpAddr>,
+) -> Result<RequestHeader, Problem> {
+    if !peer.is_some_and(|ip| fa.trusts(ip)) {
+        return Err(
+            Problem::new(Code::Forbidden).detail("Forward-auth answers trusted proxies only")
+        );
     }
-
-    fn decide(
-        &self,
-        fa: &ForwardAuth,
-        asker: Option<Asker>,
-        asking: &RequestHeader,
-        as_sent: Option<&[u8]>,
-        ctx: &mut RequestCtx,
-        now: u64,
-    ) -> Result<Decision, Problem> {
-        if !ctx.peer.is_some_and(|ip| fa.trusts(ip)) {
-            return Err(
-                Problem::new(Code::Forbidden).detail("Forward-auth answers trusted proxies only")
-            );
-        }
-        // Sent to the endpoints, resolved out of them: never decided as something else.
-        if as_sent.is_some() && !is_endpoint(asking.uri.path()) {
-            return Err(bad(
-                "The forward-auth path leaves its endpoint (dot segments)",
-            ));
-        }
-        let asker = asker.ok_or_else(|| Problem::new(Code::NotFound))?;
-        if asker == Asker::Nginx && !matches!(asking.method, http::Method::GET | http::Method::HEAD)
-        {
-            return Err(Problem::new(Code::NotFound));
-        }
-        let (method, target) = asker.original(asking, as_sent)?;
-        let mut original = RequestHeader::build(method, target.as_bytes(), None)
-            .map_err(|_| bad("the original URI is not a valid request target"))?;
-        for (name, value) in &asking.headers {
-            if !is_the_askers_own(name) {
-                original
-                    .append_header(name.clone(), value.clone())
-                    .map_err(|_| Problem::new(Code::BadRequest))?;
-            }
-        }
-        // Traefik asks with its own Host and names the original one in X-Forwarded-Host (the
-        // same-origin check compares `Origin` with it); the peer is a trusted proxy.
-        if asker == Asker::Traefik
-            && let Ok(host) = one(asking, "x-forwarded-host", "")
-        {
-            let _ = original.insert_header(http::header::HOST, host);
-        }
-        match self.admission(&mut original, ctx, now, super::proxy::Mode::ForwardAuth)? {
-            Decision::Proxy => {
-                let assertion = self.assertion(&original, ctx);
-                let mut allowed = allow(ctx);
-                if let (Some((name, value)), Decision::Respond(head, _)) = (assertion, &mut allowed)
-                {
-                    let _ = head.insert_header(name, value);
-                }
-                Ok(allowed)
-            }
-            // Nothing else answers here in forward-auth mode; never an allow.
-            Decision::Respond(..) | Decision::Identity(..) => Err(Problem::new(Code::NotFound)),
+    // Sent to the endpoints, resolved out of them: never decided as something else.
+    if as_sent.is_some() && !is_endpoint(asking.uri.path()) {
+        return Err(bad(
+            "The forward-auth path leaves its endpoint (dot segments)",
+        ));
+    }
+    let asker = asker.ok_or_else(|| Problem::new(Code::NotFound))?;
+    if asker == Asker::Nginx && !matches!(asking.method, http::Method::GET | http::Method::HEAD) {
+        return Err(Problem::new(Code::NotFound));
+    }
+    let (method, target) = asker.original(asking, as_sent)?;
+    let mut original = RequestHeader::build(method, target.as_bytes(), None)
+        .map_err(|_| bad("the original URI is not a valid request target"))?;
+    for (name, value) in &asking.headers {
+        if !is_the_askers_own(name) {
+            original
+                .append_header(name.clone(), value.clone())
+                .map_err(|_| Problem::new(Code::BadRequest))?;
         }
     }
+    // Traefik asks with its own Host and names the original one in X-Forwarded-Host (the
+    // same-origin check compares `Origin` with it); the peer is a trusted proxy.
+    if asker == Asker::Traefik
+        && let Ok(host) = one(asking, "x-forwarded-host", "")
+    {
+        let _ = original.insert_header(http::header::HOST, host);
+    }
+    Ok(original)
 }
 
 /// 200, empty, with the verified identity (none on a public route or an anonymous optional one).
-fn allow(ctx: &RequestCtx) -> Decision {
+pub(super) fn allowed(identity: Option<&Verified>) -> ResponseHeader {
     let mut head = crate::problem::head(200, None, 0, "no-store");
-    if let Some(who) = &ctx.identity {
+    if let Some(who) = identity {
         let _ = head.insert_header(X_USER_ID.clone(), who.user_id.clone());
         if let Some(email) = &who.email {
             let _ = head.insert_header(X_USER_EMAIL.clone(), email.clone());
         }
     }
-    Decision::Respond(Box::new(head), Bytes::new())
+    head
+}
+
+/// Counts one forward-auth answer by asker and result (`allow` or the problem code).
+pub(super) fn count(asker: Option<Asker>, answer: Result<(), Code>) {
+    let result = match answer {
+        Ok(()) => "allow",
+        Err(code) => code.as_str(),
+    };
+    crate::ops::metrics::FORWARD_AUTH_DECISIONS
+        .with_label_values(&[asker.map_or("unknown", Asker::as_str), result])
+        .inc();
 }
 
 /// For the tests of the decision's parts.

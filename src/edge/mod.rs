@@ -1,5 +1,6 @@
-//! The edge: the Pingora phases (`proxy`, with the per-request state in `ctx`) and everything
-//! only they use, in the order a request meets them: the request-head deadline (`deadline`),
+//! The edge: the Pingora phases (`proxy`, with the per-request state in `ctx`), the gateway
+//! one config builds and its admission decision (`gateway`), and everything only they use, in
+//! the order a request meets them: the request-head deadline (`deadline`),
 //! the framing guard (`framing`), one canonical path (`crate::path`, on the ground floor because
 //! config checks route patterns with it too), the header policy (`headers`: strip, request id,
 //! credential, inject), CORS (`cors`), the route table (`routes`) and its metric handles
@@ -13,6 +14,7 @@ pub mod deadline;
 pub mod drain;
 pub mod forward_auth;
 pub mod framing;
+pub mod gateway;
 pub mod headers;
 pub mod lifetime;
 pub mod proxy;
