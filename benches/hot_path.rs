@@ -126,7 +126,7 @@ auth = "public"
         &BenchEnv,
     )
     .unwrap();
-    let (upstreams, _checks) = portcullis::edge::upstream::build(&conf.upstreams).unwrap();
+    let upstreams = portcullis::edge::upstream::build(&conf.upstreams, &[]).unwrap();
     let parts = portcullis::assemble(&conf).unwrap();
     let gateway = Gateway {
         metrics: portcullis::edge::route_metrics::TableMetrics::new(&parts.routes),
@@ -140,7 +140,6 @@ auth = "public"
         cookie_name: conf.cookie.name,
         cors: parts.cors,
         identity: None,
-        in_flight: std::sync::Arc::default(),
         server_timing: false,
         forward_auth: None,
         asserter: parts.asserter,

@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod ops;
 pub mod path;
 pub mod problem;
+pub mod reload;
 pub mod tls;
 
 use std::sync::Arc;
@@ -24,25 +25,27 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::accounts::{endpoints, password, ratelimit, store, sync};
+use crate::accounts::{store, sync};
 use crate::authn::{issuers, revocation};
 use crate::config::Config;
-use crate::edge::{deadline, drain, upstream};
+use crate::edge::{deadline, drain, proxy, upstream};
 use crate::ops::{admin, metrics};
 
 /// Builds the Pingora server for a validated config: the edge proxy, the admin listener and the
-/// background services. Binding happens when it runs.
-pub fn build(config: &Config) -> Result<Server, Vec<String>> {
+/// background services. Binding happens when it runs. With the `path` it was read from,
+/// `SIGHUP` reloads it (`reload`).
+pub fn build(config: &Config, path: Option<&std::path::Path>) -> Result<Server, Vec<String>> {
     let parts = assemble(config)?;
-    build_server(config, parts).map_err(|e| vec![e])
+    build_server(config, parts, path).map_err(|e| vec![e])
 }
 
 /// What the wings build from the validated config before anything runs: every runtime object
 /// whose making can still refuse the config (key material that does not parse for its
 /// algorithm, a signing key jsonwebtoken refuses, ...). `check-config` runs it too, so it
-/// reports what `serve` would refuse.
+/// reports what `serve` would refuse, and a reload, so it refuses what `serve` would.
 #[derive(Debug)]
 pub struct Assembled {
     /// Shared by the edge, the endpoints and the admin listener.
@@ -92,7 +95,11 @@ pub fn assemble(config: &Config) -> Result<Assembled, Vec<String>> {
     }
 }
 
-fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
+fn build_server(
+    config: &Config,
+    parts: Assembled,
+    path: Option<&std::path::Path>,
+) -> Result<Server, String> {
     check_bindable(&[
         ("server.listen", config.listen),
         ("server.admin_listen", config.admin_listen),
@@ -108,52 +115,26 @@ fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let Assembled {
-        keys,
-        issuer,
-        routes,
-        cors,
-        asserter,
-    } = parts;
-    let revocations = Arc::new(revocation::Revocations::default());
-    let issuers = Arc::new(issuers::Issuers::new(&config.issuers, keys.leeway_secs));
-    let auth = Arc::new(authn::Authenticator {
-        keys: Arc::clone(&keys),
-        revocations: Arc::clone(&revocations),
-        issuers: Arc::clone(&issuers),
-    });
-
     let (opened, health) = start_store(&config.store)?;
-    store_services(&mut server, config, &opened, &health, revocations);
-    let identity = Arc::new(identity_endpoints(
-        config,
-        opened.store,
-        &health,
-        &auth,
-        issuer,
-    ));
+    let lasting = reload::Lasting {
+        revocations: Arc::new(revocation::Revocations::default()),
+        store: Arc::clone(&opened.store),
+        health: Arc::clone(&health),
+    };
+    store_services(&mut server, config, &opened, &health, &lasting.revocations);
+    let gateway = reload::gateway(config, parts, &lasting, None)?;
+    let published = Arc::new(reload::Published::new(gateway, &config.sha256));
 
     let in_flight = Arc::new(drain::InFlight::default());
-    let (upstreams, health_checks) = upstream::build(&config.upstreams)?;
-    let gateway = edge::gateway::Gateway {
-        metrics: crate::edge::route_metrics::TableMetrics::new(&routes),
-        routes,
-        upstreams,
-        auth,
-        cookie_name: config.cookie.name.clone(),
-        cors,
-        identity: Some(identity),
-        in_flight: Arc::clone(&in_flight),
-        server_timing: config.server_timing,
-        forward_auth: config.forward_auth.clone(),
-        asserter,
-    };
-
     // The proxy, with a deadline for every request head (Pingora has none: `deadline`).
+    let edge_proxy = proxy::Edge {
+        live: Arc::clone(&published.gateway),
+        in_flight: Arc::clone(&in_flight),
+    };
     let mut edge = Service::new(
         "edge".to_owned(),
         deadline::Guarded::new(
-            pingora::proxy::http_proxy(&server.configuration, gateway),
+            pingora::proxy::http_proxy(&server.configuration, edge_proxy),
             config.request_head_timeout,
         ),
     );
@@ -162,28 +143,41 @@ fn build_server(config: &Config, parts: Assembled) -> Result<Server, String> {
     let mut admin = Service::new(
         "admin".to_owned(),
         admin::Admin {
-            keys,
+            loaded: Arc::clone(&published.loaded),
             store_health: Some(health),
-            issuers: Arc::clone(&issuers),
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());
 
     server.add_service(edge);
     server.add_service(admin);
-    server.add_service(pingora::services::background::background_service(
-        "drain",
-        drain::Drain { in_flight },
+    server.add_service(background_service("drain", drain::Drain { in_flight }));
+    server.add_service(background_service(
+        "jwks refresh",
+        issuers::JwksRefresh {
+            issuers: published.issuers(),
+        },
     ));
-    if !issuers.is_empty() {
-        server.add_service(pingora::services::background::background_service(
-            "jwks refresh",
-            issuers::JwksRefresh { issuers },
-        ));
-    }
-    for check in health_checks {
-        server.add_service(check);
-    }
+    server.add_service(background_service(
+        "health checks",
+        upstream::HealthChecks {
+            balancers: published.balancers(),
+        },
+    ));
+    on_temporary_runtime(async {
+        reload::hangups()
+            .map(drop)
+            .map_err(|e| format!("cannot listen for SIGHUP: {e}"))
+    })?;
+    server.add_service(background_service(
+        "config reload",
+        reload::Reloader {
+            path: path.map(std::path::Path::to_owned),
+            started: config.clone(),
+            published,
+            lasting,
+        },
+    ));
     Ok(server)
 }
 
@@ -193,9 +187,8 @@ fn store_services(
     config: &Config,
     opened: &store::Opened,
     health: &Arc<store::StoreHealth>,
-    revocations: Arc<revocation::Revocations>,
+    revocations: &Arc<revocation::Revocations>,
 ) {
-    use pingora::services::background::background_service;
     server.add_service(background_service(
         "store upkeep",
         store::upkeep::StoreUpkeep {
@@ -212,7 +205,7 @@ fn store_services(
         sync::RevocationSync {
             store: Arc::clone(&opened.store),
             listener: opened.listener.clone(),
-            revocations,
+            revocations: Arc::clone(revocations),
             health: Arc::clone(health),
         },
     ));
@@ -240,31 +233,9 @@ fn start_store(conf: &config::Store) -> Result<(store::Opened, Arc<store::StoreH
     Ok((opened, health))
 }
 
-fn identity_endpoints(
-    config: &Config,
-    store: store::SharedStore,
-    health: &Arc<store::StoreHealth>,
-    auth: &Arc<authn::Authenticator>,
-    issuer: authn::issue::TokenIssuer,
-) -> endpoints::Identity {
-    let limits = &config.rate_limit;
-    endpoints::Identity {
-        prefix: config.identity_prefix.clone(),
-        store,
-        health: Arc::clone(health),
-        passwords: password::PasswordPool::for_machine(config.bcrypt_cost),
-        issuer,
-        auth: Arc::clone(auth),
-        cookie: config.cookie.clone(),
-        per_ip: ratelimit::Limiter::new(limits.per_ip_per_minute),
-        failed_per_email: ratelimit::Limiter::new(limits.failed_signins_per_email_per_minute),
-        trusted_proxies: ratelimit::TrustedProxies::new(&limits.trusted_proxies),
-    }
-}
-
 /// The public listener: plain TCP, or TLS (rustls) offering HTTP/2 by ALPN.
 fn add_edge_listener(
-    edge: &mut Service<deadline::Guarded<pingora::proxy::HttpProxy<edge::gateway::Gateway>>>,
+    edge: &mut Service<deadline::Guarded<pingora::proxy::HttpProxy<proxy::Edge>>>,
     config: &Config,
 ) -> Result<(), String> {
     use pingora::listeners::{L4BufferSettings, ListenerConfig};

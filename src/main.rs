@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => {
             let _logs = portcullis::ops::logging::init();
             match config::load(&config, &ProcessEnv) {
-                Ok(c) => serve(&c),
+                Ok(c) => serve(&c, Some(&config)),
                 Err(problems) => report(&problems),
             }
         }
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             match portcullis::demo::config(echo) {
                 Ok(c) => {
                     println!("{}", portcullis::demo::banner(echo));
-                    serve(&c)
+                    serve(&c, None)
                 }
                 Err(problems) => report(&problems),
             }
@@ -139,8 +139,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: &config::Config) -> ExitCode {
-    match portcullis::build(config) {
+fn serve(config: &config::Config, path: Option<&std::path::Path>) -> ExitCode {
+    match portcullis::build(config, path) {
         Ok(server) => {
             portcullis::run(server);
             ExitCode::SUCCESS

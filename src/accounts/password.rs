@@ -116,6 +116,11 @@ impl PasswordPool {
     /// Pool sized to the machine: one worker per core, two queued jobs per worker (a burst of
     /// sign-ins waits; a flood beyond it gets 503 at once, or after `max_wait` if no worker
     /// took its job by then).
+    /// The bcrypt cost new hashes get.
+    pub const fn cost(&self) -> u32 {
+        self.cost
+    }
+
     pub fn for_machine(cost: u32) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Self::new(cost, cores, cores * 2, Duration::from_secs(2))

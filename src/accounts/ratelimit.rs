@@ -46,6 +46,11 @@ struct Shard<K> {
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
+    /// The limit per key and minute.
+    pub const fn limit(&self) -> u32 {
+        self.limit
+    }
+
     pub fn new(per_minute: u32) -> Self {
         Self::with_max_keys(per_minute, MAX_KEYS_PER_SHARD)
     }

@@ -24,7 +24,7 @@ pub const MIN_SECRET_BYTES: usize = 32;
 pub const MIN_BCRYPT_COST: u32 = 10;
 
 /// The validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -50,6 +50,8 @@ pub struct Config {
     pub forward_auth: Option<ForwardAuth>,
     /// `[assertion]` (CONTRACT section 9; `crate::authn::assertion`).
     pub assertion: Option<Assertion>,
+    /// Hex SHA-256 of the config text as read (`config_sha256` on `/readyz`).
+    pub sha256: String,
 }
 
 /// The forward-auth endpoints, on: only peers in `trusted_proxies` may ask.
@@ -62,7 +64,7 @@ pub struct ForwardAuth {
 pub const FORWARD_AUTH_PREFIX: &str = "/_portcullis/auth/";
 
 /// An external issuer whose tokens are trusted (`[[issuer]]`), validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issuer {
     pub name: String,
     pub jwks_url: JwksUrl,
@@ -148,6 +150,7 @@ impl Alg {
 }
 
 /// How new tokens are minted, and the keys they are verified with.
+#[derive(Clone)]
 pub struct Tokens {
     pub alg: Alg,
     pub ttl: Duration,
@@ -273,7 +276,7 @@ pub enum SameSite {
     Lax,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub name: String,
     pub addrs: Vec<SocketAddr>,
@@ -461,7 +464,57 @@ pub fn read_regular_file(path: &Path) -> Result<Vec<u8>, String> {
 /// Validates config text.
 pub fn parse(text: &str, env: &dyn Env) -> Result<Config, Vec<String>> {
     let raw: file::FileConfig = toml::from_str(text).map_err(|e| vec![toml_error(&e)])?;
-    validate(&raw, env)
+    let mut config = validate(&raw, env)?;
+    config.sha256 = sha256_hex(text.as_bytes());
+    Ok(config)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl Config {
+    /// What differs from `running` that only a restart applies (a reload warns of each).
+    pub fn needs_restart(&self, running: &Self) -> Vec<&'static str> {
+        let tls = |c: &Self| {
+            c.tls
+                .as_ref()
+                .map(|t| (t.cert_file.clone(), t.key_file.clone()))
+        };
+        [
+            ("server.listen", self.listen != running.listen),
+            (
+                "server.admin_listen",
+                self.admin_listen != running.admin_listen,
+            ),
+            ("server.threads", self.threads != running.threads),
+            (
+                "server.grace_period_secs",
+                self.grace_period != running.grace_period,
+            ),
+            (
+                "server.request_head_timeout_ms",
+                self.request_head_timeout != running.request_head_timeout,
+            ),
+            ("server.tls", tls(self) != tls(running)),
+            ("store.url", self.store.url != running.store.url),
+            (
+                "store.auto_migrate",
+                self.store.auto_migrate != running.store.auto_migrate,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
 }
 
 fn toml_error(e: &toml::de::Error) -> String {
@@ -591,6 +644,7 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
                 issuers,
                 forward_auth,
                 assertion: assertion_conf,
+                sha256: String::new(),
             })
         }
         _ => Err(p.0),

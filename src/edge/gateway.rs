@@ -23,7 +23,8 @@ use crate::problem::{Code, Problem};
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
-/// Everything the edge needs per request, built once from the config.
+/// Everything the edge needs per request, built once from a config (and again by a reload:
+/// a request keeps the one it started with, `proxy::Exchange`).
 #[derive(Debug)]
 pub struct Gateway {
     pub routes: RouteTable,
@@ -34,8 +35,6 @@ pub struct Gateway {
     pub cors: CorsPolicy,
     /// The identity endpoints, when the gateway serves them.
     pub identity: Option<Arc<Identity>>,
-    /// Requests in flight, for graceful shutdown.
-    pub in_flight: Arc<crate::edge::drain::InFlight>,
     /// Metric handles per route, resolved at start (see [`crate::edge::route_metrics::TableMetrics`]).
     pub metrics: crate::edge::route_metrics::TableMetrics,
     /// `server.server_timing`: a `Server-Timing` header on every response (`timing`).

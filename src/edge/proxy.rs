@@ -17,6 +17,22 @@ use crate::edge::deadline::HeadDeadline;
 use crate::edge::headers::{self, X_REQUEST_ID};
 use crate::problem::{Code, Problem};
 
+/// The Pingora proxy: the gateway of the config in force (swapped whole by a reload,
+/// `crate::reload`) and what outlives every config.
+#[derive(Debug)]
+pub struct Edge {
+    pub live: std::sync::Arc<arc_swap::ArcSwap<Gateway>>,
+    /// Requests in flight, for graceful shutdown.
+    pub in_flight: std::sync::Arc<crate::edge::drain::InFlight>,
+}
+
+/// One request's state: the gateway it started with, and what its phases carry.
+#[derive(Debug)]
+pub struct Exchange {
+    pub gateway: std::sync::Arc<Gateway>,
+    pub ctx: RequestCtx,
+}
+
 impl Gateway {
     /// Runs an identity endpoint: the accounts wing reads the request and answers.
     async fn serve_identity(
@@ -69,36 +85,42 @@ impl Gateway {
 }
 
 #[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+impl ProxyHttp for Edge {
+    type CTX = Exchange;
 
     /// No downstream modules. Pingora installs a response-compression module by default, at
     /// level 0 (disabled), whose context it still builds and consults on every request; the
     /// gateway compresses nothing (docs/PERFORMANCE.md, optimisation 9).
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    fn new_ctx(&self) -> RequestCtx {
+    /// The gateway of the config loaded when the request starts: the request sees it whole to
+    /// its end, whatever a reload publishes meanwhile.
+    fn new_ctx(&self) -> Exchange {
         let mut ctx = RequestCtx::new();
         ctx.in_flight = Some(self.in_flight.enter());
-        ctx
+        Exchange {
+            gateway: self.live.load_full(),
+            ctx,
+        }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if self.forward_auth.is_some() {
+    async fn request_filter(&self, session: &mut Session, x: &mut Exchange) -> Result<bool> {
+        let Exchange { gateway: gw, ctx } = x;
+        if gw.forward_auth.is_some() {
             ctx.peer = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(std::net::SocketAddr::ip);
         }
-        let admitting = self.server_timing.then(std::time::Instant::now);
-        let mut decision = self.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
+        let admitting = gw.server_timing.then(std::time::Instant::now);
+        let mut decision = gw.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
         if let Some(token) = ctx.unknown_kid.take() {
             // A key the issuer may have just published: wait for its refetch, then decide
             // again, once (the second decision never waits).
-            self.auth.await_key(&token).await;
+            gw.auth.await_key(&token).await;
             ctx.kid_waited = true;
             ctx.rejection = None;
-            decision = self.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
+            decision = gw.admit(session.req_header_mut(), ctx, crate::clock::unix_secs());
         }
         if let Some(t) = admitting {
             ctx.timing.auth = t.elapsed();
@@ -114,13 +136,11 @@ impl ProxyHttp for Gateway {
         match decision {
             Decision::Proxy => Ok(false),
             Decision::Respond(head, body) => {
-                self.respond(session, ctx, head, body).await?;
+                gw.respond(session, ctx, head, body).await?;
                 Ok(true)
             }
             Decision::Identity(endpoint, token) => {
-                let answer = self
-                    .serve_identity(session, endpoint, token.as_deref())
-                    .await;
+                let answer = gw.serve_identity(session, endpoint, token.as_deref()).await;
                 if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
                     d.disarm();
                 }
@@ -135,7 +155,7 @@ impl ProxyHttp for Gateway {
                         p.response()
                     }
                 };
-                self.respond(session, ctx, Box::new(head), body).await?;
+                gw.respond(session, ctx, Box::new(head), body).await?;
                 Ok(true)
             }
         }
@@ -144,12 +164,13 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        x: &mut Exchange,
     ) -> Result<Box<HttpPeer>> {
+        let Exchange { gateway: gw, ctx } = x;
         let route = ctx
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let upstream = &self.upstreams[self.routes.routes()[route].upstream];
+        let upstream = &gw.upstreams[gw.routes.routes()[route].upstream];
         ctx.timing.upstream_chosen(std::time::Instant::now());
         upstream.peer().ok_or_else(|| {
             Error::explain(
@@ -163,9 +184,10 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        x: &mut Exchange,
     ) -> Result<()> {
-        self.prepare_upstream(upstream_request, ctx);
+        let Exchange { gateway: gw, ctx } = x;
+        gw.prepare_upstream(upstream_request, ctx);
         Ok(())
     }
 
@@ -177,7 +199,7 @@ impl ProxyHttp for Gateway {
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
-        _ctx: &mut RequestCtx,
+        _x: &mut Exchange,
     ) -> Result<()> {
         if reused {
             crate::ops::metrics::UPSTREAM_REUSED.inc();
@@ -191,10 +213,11 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        x: &mut Exchange,
     ) -> Result<()> {
+        let Exchange { gateway: gw, ctx } = x;
         if let Some(took) = ctx.timing.upstream_answered(std::time::Instant::now()) {
-            self.metrics
+            gw.metrics
                 .route(ctx.route)
                 .upstream_seconds
                 .observe(took.as_secs_f64());
@@ -206,9 +229,10 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        x: &mut Exchange,
     ) -> Result<()> {
-        self.decorate(response, session.req_header(), ctx);
+        let Exchange { gateway: gw, ctx } = x;
+        gw.decorate(response, session.req_header(), ctx);
         // An upgraded connection or a streamed response of a verified identity ends with its
         // token (`lifetime`); ordinary responses never arm anything.
         if let Some(who) = &ctx.identity
@@ -217,8 +241,8 @@ impl ProxyHttp for Gateway {
         {
             d.live_until(crate::edge::lifetime::Lifetime::new(
                 who,
-                self.auth.keys.leeway_secs,
-                &self.auth.revocations,
+                gw.auth.keys.leeway_secs,
+                &gw.auth.revocations,
             ));
         }
         Ok(())
@@ -228,8 +252,9 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        x: &mut Exchange,
     ) -> FailToProxy {
+        let Exchange { gateway: gw, ctx } = x;
         let Some(problem) = Problem::of_proxy_error(e) else {
             return FailToProxy {
                 error_code: 0,
@@ -239,7 +264,7 @@ impl ProxyHttp for Gateway {
         ctx.rejection = Some(problem.code);
         let (head, body) = problem.response();
         let status = head.status.as_u16();
-        if let Err(write) = self.respond(session, ctx, Box::new(head), body).await {
+        if let Err(write) = gw.respond(session, ctx, Box::new(head), body).await {
             tracing::debug!(error = %write, "could not send the error response");
         }
         FailToProxy {
@@ -250,7 +275,7 @@ impl ProxyHttp for Gateway {
 
     /// Pingora's error lines name the request with this. Its default includes the query
     /// string, where a client may have put a token: method, path and host only.
-    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+    fn request_summary(&self, session: &Session, _x: &Exchange) -> String {
         let req = session.req_header();
         let host = req
             .headers
@@ -260,15 +285,16 @@ impl ProxyHttp for Gateway {
         format!("{} {}, Host: {host}", req.method, req.uri.path())
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, x: &mut Exchange) {
+        let Exchange { gateway: gw, ctx } = x;
         // A kept-alive connection must send its next head in time too.
         if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
             d.end_of_life();
             d.arm();
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route.map(|i| self.routes.routes()[i].pattern.as_str());
-        let m = self.metrics.route(ctx.route);
+        let route = ctx.route.map(|i| gw.routes.routes()[i].pattern.as_str());
+        let m = gw.metrics.route(ctx.route);
         m.requests(status).inc();
         m.request_seconds
             .observe(ctx.started.elapsed().as_secs_f64());

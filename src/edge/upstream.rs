@@ -1,19 +1,25 @@
-//! Upstreams: one round-robin load balancer per `[[upstream]]`, its health checked by a
-//! Pingora background service so the proxy only reads the result. Picking a peer does no I/O.
+//! Upstreams: one round-robin load balancer per `[[upstream]]`, its health checked in the
+//! background ([`HealthChecks`], which follows the set a reload publishes) so the proxy only
+//! reads the result. Picking a peer does no I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer, health_check::TcpHealthCheck};
 use pingora::prelude::HttpPeer;
-use pingora::services::background::{GenBackgroundService, background_service};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 
 use crate::config;
 
 /// A ready upstream: its balancer and the peer settings every connection to it uses.
+#[derive(Clone)]
 pub struct Upstream {
     pub name: String,
+    /// As configured: a reload keeps an upstream configured the same (its health, its pool).
+    conf: config::Upstream,
     balancer: Arc<LoadBalancer<RoundRobin>>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -66,14 +72,18 @@ fn peer_for(addr: std::net::SocketAddr, connect: Duration, read: Duration) -> Ht
     peer
 }
 
-/// The background service that keeps one upstream's health current.
-pub type HealthCheck = GenBackgroundService<LoadBalancer<RoundRobin>>;
+/// One upstream's balancer, whose health the background keeps current.
+pub type Balancer = Arc<LoadBalancer<RoundRobin>>;
 
-/// Builds the upstreams and the health-check services that keep their health current.
-pub fn build(configs: &[config::Upstream]) -> Result<(Vec<Upstream>, Vec<HealthCheck>), String> {
+/// Builds the upstreams of a config. One configured exactly as in `previous` (a reload) is
+/// the same upstream: its balancer, with the health it has learnt, carries on.
+pub fn build(configs: &[config::Upstream], previous: &[Upstream]) -> Result<Vec<Upstream>, String> {
     let mut upstreams = Vec::with_capacity(configs.len());
-    let mut services = Vec::with_capacity(configs.len());
     for c in configs {
+        if let Some(same) = previous.iter().find(|p| p.conf == *c) {
+            upstreams.push(same.clone());
+            continue;
+        }
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(c.addrs.iter())
             .map_err(|e| format!("upstream `{}`: {e}", c.name))?;
         let mut check = TcpHealthCheck::new();
@@ -88,16 +98,65 @@ pub fn build(configs: &[config::Upstream]) -> Result<(Vec<Upstream>, Vec<HealthC
             )),
             _ => None,
         };
-        let service = background_service(&format!("health check {}", c.name), lb);
         upstreams.push(Upstream {
             name: c.name.clone(),
-            balancer: service.task(),
+            conf: c.clone(),
+            balancer: Arc::new(lb),
             connect_timeout: c.connect_timeout,
             read_timeout: c.read_timeout,
             forward_token: c.forward_token,
             single,
         });
-        services.push(service);
     }
-    Ok((upstreams, services))
+    Ok(upstreams)
+}
+
+/// The balancers of `upstreams`, for [`HealthChecks`].
+pub fn balancers(upstreams: &[Upstream]) -> Vec<Balancer> {
+    upstreams.iter().map(|u| Arc::clone(&u.balancer)).collect()
+}
+
+/// The background service that keeps the health of every upstream in force current: one
+/// Pingora balancer loop per balancer, following reloads (a new upstream's loop starts, a
+/// removed one's stops, an unchanged one's carries on).
+pub struct HealthChecks {
+    pub balancers: tokio::sync::watch::Receiver<Vec<Balancer>>,
+}
+
+impl std::fmt::Debug for HealthChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthChecks").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut balancers = self.balancers.clone();
+        let mut running: Vec<(Balancer, tokio::task::AbortHandle)> = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let current = balancers.borrow_and_update().clone();
+            running.retain(|(b, task)| {
+                let kept = current.iter().any(|c| Arc::ptr_eq(c, b));
+                if !kept {
+                    task.abort();
+                }
+                kept
+            });
+            for b in current {
+                if !running.iter().any(|(r, _)| Arc::ptr_eq(r, &b)) {
+                    let (lb, shutdown) = (Arc::clone(&b), shutdown.clone());
+                    let task = tasks.spawn(async move { lb.start(shutdown).await });
+                    running.push((b, task));
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                changed = balancers.changed() => if changed.is_err() { break },
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        tasks.abort_all();
+    }
 }

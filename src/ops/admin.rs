@@ -1,10 +1,11 @@
 //! The private admin listener: `/healthz` (the process serves), `/readyz` (the gateway can do
 //! its job: keys loaded, every external issuer's JWKS fetched once, store migrated and
-//! answering), `/metrics` (Prometheus text). Each
-//! path is one arm of `answer`.
+//! answering; and which config is loaded), `/metrics` (Prometheus text). Each path is one arm of
+//! `answer`.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -17,12 +18,21 @@ use crate::problem::{Code, Problem};
 
 #[derive(Debug)]
 pub struct Admin {
-    pub keys: Arc<KeySet>,
+    /// What the config in force loaded, swapped by a reload.
+    pub loaded: Arc<ArcSwap<Loaded>>,
     /// Present when the gateway serves the identity endpoints: the store must answer.
     pub store_health: Option<Arc<StoreHealth>>,
+}
+
+/// What readiness looks at of one loaded config.
+#[derive(Debug)]
+pub struct Loaded {
+    pub keys: Arc<KeySet>,
     /// External issuers: each must have fetched its JWKS once before the gateway is ready
     /// (and stays ready on its last good keys while the endpoint fails).
     pub issuers: Arc<Issuers>,
+    /// The config text's SHA-256, hex.
+    pub sha256: String,
 }
 
 impl Admin {
@@ -32,10 +42,11 @@ impl Admin {
         match (get, path) {
             (true, "/healthz") => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             (true, "/readyz") => {
-                let keys = !self.keys.keys.is_empty();
+                let loaded = self.loaded.load();
+                let keys = !loaded.keys.keys.is_empty();
                 let health = self.store_health.as_deref();
                 let store = health.is_none_or(StoreHealth::ready);
-                let issuers = self.issuers.ready();
+                let issuers = loaded.issuers.ready();
                 let ready = keys && store && issuers;
                 let body = serde_json::json!({
                     "status": if ready { "ready" } else { "not ready" },
@@ -43,13 +54,14 @@ impl Admin {
                     "store": store,
                     "store_migrated": health.is_none_or(|h| h.migrated.load(std::sync::atomic::Ordering::Relaxed)),
                     "store_answers": health.is_none_or(|h| h.up.load(std::sync::atomic::Ordering::Relaxed)),
-                    "issuers": self.issuers.status(),
+                    "issuers": loaded.issuers.status(),
+                    "config_sha256": loaded.sha256,
                 });
                 let status = if ready { 200 } else { 503 };
                 (status, "application/json", body.to_string().into_bytes())
             }
             (true, "/metrics") => {
-                self.issuers.update_age_gauges();
+                self.loaded.load().issuers.update_age_gauges();
                 (
                     200,
                     "text/plain; version=0.0.4",

@@ -156,6 +156,16 @@ metrics! {
         "bcrypt jobs refused (queue full or wait exceeded): answered 503",
     );
 
+    /// Config reloads (SIGHUP), by result: `ok` (the new config serves) or `error` (refused,
+    /// the old one keeps serving).
+    CONFIG_RELOADS: IntCounterVec = IntCounterVec::new(
+        Opts::new(
+            "portcullis_config_reloads_total",
+            "Config reloads by SIGHUP, by result",
+        ),
+        &["result"],
+    );
+
     /// Long-lived connections (upgraded, streamed) ended because their token ended
     /// (`edge::lifetime`).
     CONNECTIONS_CLOSED: IntCounterVec = IntCounterVec::new(

@@ -673,7 +673,7 @@ pub fn try_send_raw(addr: SocketAddr, bytes: &[u8]) -> Result<Response, String> 
 }
 
 #[allow(clippy::too_many_lines)]
-fn read_response(s: &mut TcpStream) -> Result<Response, String> {
+pub fn read_response(s: &mut TcpStream) -> Result<Response, String> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     let head_end = loop {

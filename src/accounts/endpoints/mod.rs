@@ -23,7 +23,8 @@ use crate::authn::issue::{Minted, TokenIssuer};
 use crate::config;
 use crate::problem::{Code, Problem, Unserialisable};
 
-/// Everything the endpoints need, built once at start.
+/// Everything the endpoints need, built from a config (again by a reload, which keeps the
+/// store, the bcrypt pool and the rate-limit counts whose limit is unchanged).
 #[derive(Debug)]
 pub struct Identity {
     pub prefix: String,
@@ -33,8 +34,8 @@ pub struct Identity {
     pub issuer: TokenIssuer,
     pub auth: Arc<Authenticator>,
     pub cookie: config::Cookie,
-    pub per_ip: Limiter<IpAddr>,
-    pub failed_per_email: Limiter<String>,
+    pub per_ip: Arc<Limiter<IpAddr>>,
+    pub failed_per_email: Arc<Limiter<String>>,
     pub trusted_proxies: TrustedProxies,
 }
 

@@ -59,6 +59,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether it can fetch over https.
+    pub const fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// A client; `Err` (with the reason) when TLS is needed and no root certificate is found,
     /// in which case https fetches fail and say why.
     pub fn new(need_tls: bool) -> Result<Self, String> {

@@ -31,16 +31,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Every configured external issuer.
 #[derive(Debug, Default)]
 pub struct Issuers {
-    list: Vec<ExternalIssuer>,
+    list: Vec<Arc<ExternalIssuer>>,
 }
 
 impl Issuers {
     /// The issuers of a validated config; their tokens get the local `leeway_secs`.
     pub fn new(conf: &[config::Issuer], leeway_secs: u64) -> Self {
+        Self::following(conf, leeway_secs, &Self::default())
+    }
+
+    /// The issuers of a reloaded config: an issuer configured exactly as in `previous` is the
+    /// same one (its cached keys, readiness and refresher carry on); the others start afresh.
+    pub fn following(conf: &[config::Issuer], leeway_secs: u64, previous: &Self) -> Self {
         Self {
             list: conf
                 .iter()
-                .map(|c| ExternalIssuer::new(c.clone(), leeway_secs))
+                .map(|c| {
+                    previous
+                        .list
+                        .iter()
+                        .find(|p| p.conf == *c && p.leeway_secs == leeway_secs)
+                        .map_or_else(
+                            || Arc::new(ExternalIssuer::new(c.clone(), leeway_secs)),
+                            Arc::clone,
+                        )
+                })
                 .collect(),
         }
     }
@@ -50,17 +65,17 @@ impl Issuers {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &ExternalIssuer> {
-        self.list.iter()
+        self.list.iter().map(AsRef::as_ref)
     }
 
     /// The issuer whose tokens carry this `iss`.
     pub fn by_iss(&self, iss: &str) -> Option<&ExternalIssuer> {
-        self.list.iter().find(|i| i.conf.issuer == iss)
+        self.iter().find(|i| i.conf.issuer == iss)
     }
 
     /// Has every issuer's first fetch succeeded?
     pub fn ready(&self) -> bool {
-        self.list.iter().all(ExternalIssuer::ready)
+        self.iter().all(ExternalIssuer::ready)
     }
 
     /// Sets `portcullis_jwks_age_seconds` (read when metrics are scraped).
@@ -344,28 +359,55 @@ impl ExternalIssuer {
     }
 }
 
-/// The background service that keeps every external issuer's keys fresh.
+/// The background service that keeps every external issuer's keys fresh: one refresher per
+/// issuer of the set in force, following reloads (a new issuer gets its refresher, a removed
+/// one's stops, an unchanged one's carries on).
 #[derive(Debug)]
 pub struct JwksRefresh {
-    pub issuers: Arc<Issuers>,
+    pub issuers: tokio::sync::watch::Receiver<Arc<Issuers>>,
 }
 
 #[async_trait]
 impl BackgroundService for JwksRefresh {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let need_tls = self.issuers.iter().any(|i| i.conf.jwks_url.tls);
-        let client = fetch::Client::new(need_tls).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "no TLS roots for JWKS fetches over https: they will fail");
-            fetch::Client::new(false).expect("a plain client needs nothing")
-        });
+        let mut issuers = self.issuers.clone();
+        let mut running: Vec<(Arc<ExternalIssuer>, tokio::task::AbortHandle)> = Vec::new();
         let mut tasks = tokio::task::JoinSet::new();
-        for index in 0..self.issuers.list.len() {
-            let issuers = Arc::clone(&self.issuers);
-            let client = client.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move { issuers.list[index].run(client, shutdown).await });
+        let mut client: Option<fetch::Client> = None;
+        loop {
+            let current = Arc::clone(&issuers.borrow_and_update());
+            running.retain(|(i, task)| {
+                let kept = current.list.iter().any(|c| Arc::ptr_eq(c, i));
+                if !kept {
+                    task.abort();
+                }
+                kept
+            });
+            let need_tls = current.iter().any(|i| i.conf.jwks_url.tls);
+            if client.as_ref().is_none_or(|c| need_tls && !c.has_tls()) {
+                client = Some(fetch::Client::new(need_tls).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "no TLS roots for JWKS fetches over https: they will fail");
+                    fetch::Client::new(false).expect("a plain client needs nothing")
+                }));
+            }
+            for i in &current.list {
+                if running.iter().any(|(r, _)| Arc::ptr_eq(r, i)) {
+                    continue;
+                }
+                let (issuer, client, shutdown) = (
+                    Arc::clone(i),
+                    client.clone().expect("made above"),
+                    shutdown.clone(),
+                );
+                let task = tasks.spawn(async move { issuer.run(client, shutdown).await });
+                running.push((Arc::clone(i), task));
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                changed = issuers.changed() => if changed.is_err() { break },
+            }
+            while tasks.try_join_next().is_some() {}
         }
-        let _ = shutdown.changed().await;
         tasks.abort_all();
     }
 }
