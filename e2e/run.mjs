@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Drives a real Chromium through the gateway at <base-url>:
 //   node e2e/run.mjs http://127.0.0.1:8080
-// It opens <base-url>/app/ (src/demo/echo.rs APP_PAGE, served by the echo upstream), clicks through register,
+// It opens <base-url><PAGE_PATH> (src/demo/echo.rs APP_PAGE, served by the echo upstream at /app/ and, in
+// the demo, at /), clicks through register,
 // sign-in, document.cookie, the owner route, sign-out and the owner route again, and checks
 // every result the page shows, plus what only the browser knows: the auth cookie is HttpOnly,
 // SameSite=Strict and Secure; the page sent no Authorization header and stored nothing; a
@@ -9,6 +10,7 @@
 // Exits 0 when every expectation holds, 1 with a message naming the first that does not.
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), AUTH_COOKIE (default portcullis_token),
+// PAGE_PATH (default /app/),
 // E2E_SCREENSHOT (a PNG path: a screenshot of the page at the end, pass or fail).
 
 import { chromium } from "playwright-core";
@@ -17,6 +19,7 @@ import { existsSync } from "node:fs";
 const base = (process.argv[2] || "").replace(/\/+$/, "");
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const cookieName = process.env.AUTH_COOKIE || "portcullis_token";
+const pagePath = process.env.PAGE_PATH || "/app/";
 const screenshot = process.env.E2E_SCREENSHOT || "";
 const STEP_TIMEOUT_MS = 15_000;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -91,12 +94,12 @@ async function main() {
     }
 
     // 0. The page, from the upstream, through the gateway's public route.
-    const resp = await page.goto(`${base}/app/`);
-    expect(resp !== null, `no response for ${base}/app/`);
-    equal(resp.status(), 200, "GET /app/ status");
+    const resp = await page.goto(`${base}${pagePath}`);
+    expect(resp !== null, `no response for ${base}${pagePath}`);
+    equal(resp.status(), 200, `GET ${pagePath} status`);
     expect((resp.headers()["content-type"] || "").startsWith("text/html"),
-      `GET /app/ content-type: ${resp.headers()["content-type"]}`);
-    equal(await page.title(), "Portcullis browser check", "page title");
+      `GET ${pagePath} content-type: ${resp.headers()["content-type"]}`);
+    equal(await page.title(), "Portcullis demo", "page title");
 
     // 1. Register.
     await step("btn-register", "register");

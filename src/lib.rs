@@ -123,6 +123,10 @@ fn build_server(
     };
     store_services(&mut server, config, &opened, &health, &lasting.revocations);
     let gateway = reload::gateway(config, parts, &lasting, None)?;
+    on_temporary_runtime(async {
+        upstream::settle(&gateway.upstreams, &[]).await;
+        Ok(())
+    })?;
     let published = Arc::new(reload::Published::new(gateway, &config.sha256));
 
     let in_flight = Arc::new(drain::InFlight::default());

@@ -73,15 +73,15 @@ fn main() -> ExitCode {
             }
             Err(problems) => report(&problems),
         },
-        Command::Serve { config } => {
-            let _logs = portcullis::ops::logging::init();
-            match config::load(&config, &ProcessEnv) {
-                Ok(c) => serve(&c, Some(&config)),
-                Err(problems) => report(&problems),
+        Command::Serve { config } => match config::load(&config, &ProcessEnv) {
+            Ok(c) => {
+                let _logs = portcullis::ops::logging::init(c.log_format);
+                serve(&c, Some(&config))
             }
-        }
+            Err(problems) => report(&problems),
+        },
         Command::Migrate { config } => {
-            let _logs = portcullis::ops::logging::init();
+            let _logs = portcullis::ops::logging::init(None);
             let (_, opened) = match open_store(&config) {
                 Ok(o) => o,
                 Err(code) => return code,
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
                     config,
                 },
         } => {
-            let _logs = portcullis::ops::logging::init();
+            let _logs = portcullis::ops::logging::init(None);
             let (loaded, opened) = match open_store(&config) {
                 Ok(o) => o,
                 Err(code) => return code,
@@ -126,10 +126,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo => {
-            let _logs = portcullis::ops::logging::init();
             let echo = portcullis::demo::echo::spawn();
             match portcullis::demo::config(echo) {
                 Ok(c) => {
+                    let _logs = portcullis::ops::logging::init(c.log_format);
                     println!("{}", portcullis::demo::banner(echo));
                     serve(&c, None)
                 }

@@ -21,6 +21,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::watch;
 
 use crate::accounts::endpoints::Identity;
+use crate::accounts::limits::Limit;
 use crate::accounts::store::{SharedStore, StoreHealth};
 use crate::accounts::{password, ratelimit};
 use crate::authn::issuers::Issuers;
@@ -109,23 +110,47 @@ fn identity(
         issuer,
         auth: Arc::clone(auth),
         cookie: config.cookie.clone(),
-        per_ip: limiter(limits.per_ip_per_minute, previous.map(|p| &p.per_ip)),
-        failed_per_email: limiter(
+        per_ip: limit(
+            limits.per_ip_per_minute,
+            previous.map(|p| &p.per_ip.local),
+            "ip",
+            config,
+            lasting,
+        ),
+        failed_per_email: limit(
             limits.failed_signins_per_email_per_minute,
-            previous.map(|p| &p.failed_per_email),
+            previous.map(|p| &p.failed_per_email.local),
+            "email",
+            config,
+            lasting,
         ),
         trusted_proxies: ratelimit::TrustedProxies::new(&limits.trusted_proxies),
     }
 }
 
-/// The limiter of the previous config when its limit is the same (its counts carry on).
-fn limiter<K: std::hash::Hash + Eq + Clone>(
-    limit: u32,
+/// A limit of `size` per minute: the replica's count taken over from the previous config when
+/// its size is the same (its counts carry on), shared through the store with `scope =
+/// "cluster"` on Postgres (with SQLite the store is this process's own: per replica).
+fn limit<K: std::hash::Hash + Eq + Clone + std::fmt::Display>(
+    size: u32,
     previous: Option<&Arc<ratelimit::Limiter<K>>>,
-) -> Arc<ratelimit::Limiter<K>> {
-    previous
-        .filter(|l| l.limit() == limit)
-        .map_or_else(|| Arc::new(ratelimit::Limiter::new(limit)), Arc::clone)
+    kind: &'static str,
+    config: &Config,
+    lasting: &Lasting,
+) -> Limit<K> {
+    let local = previous
+        .filter(|l| l.limit() == size)
+        .map_or_else(|| Arc::new(ratelimit::Limiter::new(size)), Arc::clone);
+    if config.rate_limit.cluster && !config.store.url.starts_with("sqlite:") {
+        Limit::cluster(
+            local,
+            kind,
+            Arc::clone(&lasting.store),
+            Arc::clone(&lasting.health),
+        )
+    } else {
+        Limit::replica(local)
+    }
 }
 
 /// Where the config in force is published: the edge reads the gateway per request, the admin
@@ -202,7 +227,7 @@ impl std::fmt::Debug for Reloader {
 impl Reloader {
     /// Reads, validates and builds the config at `path`, then publishes it; or changes
     /// nothing and returns every problem, one line each.
-    pub fn reload(&self) -> Result<String, Vec<String>> {
+    pub async fn reload(&self) -> Result<String, Vec<String>> {
         let path = self.path.as_deref().ok_or_else(|| {
             vec!["this gateway's config was not read from a file: nothing to reload".to_owned()]
         })?;
@@ -217,6 +242,8 @@ impl Reloader {
         let current = self.published.gateway.load_full();
         let gateway =
             gateway(&config, parts, &self.lasting, Some(&current)).map_err(|e| vec![e])?;
+        // New upstreams with names are resolved and checked before any request sees them.
+        upstream::settle(&gateway.upstreams, &current.upstreams).await;
         self.published.publish(gateway, &config.sha256);
         Ok(config.sha256)
     }
@@ -238,7 +265,7 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
-            let result = match self.reload() {
+            let result = match self.reload().await {
                 Ok(sha256) => {
                     tracing::info!(config = file, sha256, "config reloaded");
                     "ok"

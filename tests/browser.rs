@@ -105,15 +105,22 @@ fn a_real_browser_signs_in_by_httponly_cookie_reaches_its_route_and_signs_out() 
     );
     assert_eq!(page.text(), portcullis::demo::echo::APP_PAGE);
 
+    drive(&root, &base, "/app/", &|| g.stderr());
+}
+
+/// Runs `e2e/run.mjs` against the page at `base` + `page_path`; fails with everything it and
+/// the gateway (`gateway_stderr`) said unless it reports success.
+fn drive(root: &Path, base: &str, page_path: &str, gateway_stderr: &dyn Fn() -> String) {
     let out_dir = tempfile::tempdir().expect("tempdir");
     let stdout_path = out_dir.path().join("stdout");
     let stderr_path = out_dir.path().join("stderr");
     let mut child = Command::new("node")
         .arg(root.join("e2e/run.mjs"))
-        .arg(&base)
-        .current_dir(&root)
+        .arg(base)
+        .current_dir(root)
         .env("CHROMIUM", chromium())
         .env("AUTH_COOKIE", "portcullis_token")
+        .env("PAGE_PATH", page_path)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
@@ -141,16 +148,56 @@ fn a_real_browser_signs_in_by_httponly_cookie_reaches_its_route_and_signs_out() 
         status.success(),
         "e2e/run.mjs {base} failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}\n\
          gateway stderr:\n{}",
-        g.stderr()
+        gateway_stderr()
     );
     assert!(stdout.contains("e2e ok"), "no success line:\n{stdout}");
     eprintln!("{}", stdout.trim());
 }
 
+/// The README's first command, clicked through: `portcullis demo` serves its page at `/`, the
+/// banner says where, and the browser walks it (fixed ports 8080 and 9090, as `tests/demo.rs`;
+/// test binaries run one after another).
+#[test]
+fn the_demo_page_the_banner_names_is_clickable_in_a_real_browser() {
+    let root = common::manifest_dir();
+    preflight(&root);
+    let dir = tempfile::tempdir().unwrap();
+    let stdout_path = dir.path().join("demo.out");
+    let stderr_path = dir.path().join("demo.err");
+    let mut demo = Command::new(common::bin())
+        .arg("demo")
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = "127.0.0.1:9090".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::try_get(admin, "/healthz").is_err() {
+        assert!(Instant::now() < deadline, "demo did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let banner = std::fs::read_to_string(&stdout_path).unwrap();
+    assert!(
+        banner.contains("Open http://127.0.0.1:8080/ in a browser"),
+        "{banner}"
+    );
+    let err = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    drive(&root, "http://127.0.0.1:8080", "/", &err);
+    let _ = demo.kill();
+    let _ = demo.wait();
+    // The demo logs for a person: readable lines, no JSON, no module paths.
+    let logs = err();
+    assert!(logs.contains("INFO GET / 200"), "{logs}");
+    assert!(!logs.lines().any(|l| l.starts_with('{')), "{logs}");
+}
+
 #[test]
 fn echo_serves_the_page_at_app_and_echoes_everything_else() {
     let echo = portcullis::demo::echo::spawn();
-    for path in ["/app/", "/app/index.html", "/app/?x=1"] {
+    for path in ["/", "/app/", "/app/index.html", "/app/?x=1"] {
         let r = common::get(echo, path, &[]);
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(
@@ -160,7 +207,7 @@ fn echo_serves_the_page_at_app_and_echoes_everything_else() {
         );
         assert_eq!(r.text(), portcullis::demo::echo::APP_PAGE, "{path}");
     }
-    for path in ["/app", "/app/other", "/api/app/", "/"] {
+    for path in ["/app", "/app/other", "/api/app/", "/index.html"] {
         let r = common::get(echo, path, &[("X-Probe", "1")]);
         assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
         let seen = r.seen();

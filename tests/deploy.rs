@@ -619,19 +619,20 @@ fn compose_runs_postgres_an_upstream_and_the_gateway_from_the_dockerfile() {
         "9090 on loopback: {ports:?}"
     );
 
-    // The upstream sits where deploy/portcullis.toml looks for it.
+    // The upstream is named as deploy/portcullis.toml names it: the compose service `app`,
+    // resolved by the network's DNS.
     let config = toml_of(
         &read(&deploy_dir().join("portcullis.toml")),
         "deploy/portcullis.toml",
     );
     let app_addr = config["upstream"][0]["addrs"][0].as_str().unwrap();
-    let ip = services["app"]["networks"]
-        .as_object()
-        .and_then(|n| n.values().find_map(|v| v["ipv4_address"].as_str()))
-        .expect("the app service has a fixed ipv4_address");
-    assert!(
-        app_addr.starts_with(&format!("{ip}:")),
-        "deploy/portcullis.toml upstream {app_addr} must be the app service's address {ip}"
+    let port = services["app"]["environment"]["HTTP_PORT"]
+        .as_str()
+        .expect("the app service's HTTP_PORT");
+    assert_eq!(
+        app_addr,
+        format!("app:{port}"),
+        "deploy/portcullis.toml must name the compose service app on its port"
     );
 }
 

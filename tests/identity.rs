@@ -470,24 +470,50 @@ fn readyz_is_200_once_the_store_answers(store: Store) {
 }
 
 fn passwords_and_tokens_never_reach_the_logs(store: Store) {
-    let (g, _db) = start(store, "");
-    let mail = email();
-    let token = token_of(&register(&g, &mail));
-    signin(&g, &mail, PASSWORD);
-    signin(&g, &mail, "wrong-password-123");
-    g.get("/api/v1/auth/me", &[("Authorization", &bearer(&token))]);
-    let logs = g.stderr();
-    assert!(
-        logs.contains("\"status\":201"),
-        "the access log is there: {logs}"
-    );
-    for secret in [
-        PASSWORD,
-        "wrong-password-123",
-        token.as_str(),
-        common::SECRET,
-    ] {
-        assert!(!logs.contains(secret), "a secret reached the logs");
+    // Both formats (CONTRACT 14): the same content, the same secrecy.
+    for (format, access_line) in [("json", "\"status\":201"), ("pretty", "INFO POST - 201 ")] {
+        let db = Db::new(store);
+        let g = Gateway::start(
+            &TestConfig::new()
+                .server(&format!("log_format = \"{format}\""))
+                .store(&db.url)
+                .fast_bcrypt()
+                .app(&[])
+                .owner_route()
+                .build(),
+            &[],
+        );
+        let mail = email();
+        let token = token_of(&register(&g, &mail));
+        signin(&g, &mail, PASSWORD);
+        signin(&g, &mail, "wrong-password-123");
+        g.get("/api/v1/auth/me", &[("Authorization", &bearer(&token))]);
+        let logs = g.stderr();
+        assert!(
+            logs.contains(access_line),
+            "{format}: the access log is there: {logs}"
+        );
+        if format == "pretty" {
+            assert!(
+                logs.lines().all(|l| !l.starts_with('{')),
+                "pretty: no JSON line: {logs}"
+            );
+            assert!(
+                !logs.contains("portcullis::"),
+                "pretty: no module paths: {logs}"
+            );
+        }
+        for secret in [
+            PASSWORD,
+            "wrong-password-123",
+            token.as_str(),
+            common::SECRET,
+        ] {
+            assert!(
+                !logs.contains(secret),
+                "{format}: a secret reached the logs"
+            );
+        }
     }
 }
 
@@ -575,6 +601,117 @@ on_both_stores!(
 
 // ---------------------------------------------------------------------------------------------
 // Postgres only: replicas, outages, migrate.
+
+fn limits(scope: &str, per_email: u32) -> String {
+    format!(
+        "[rate_limit]\nscope = \"{scope}\"\nper_ip_per_minute = 100000\n\
+         failed_signins_per_email_per_minute = {per_email}\n"
+    )
+}
+
+/// `rate_limit.scope = "cluster"` (CONTRACT 14): failed sign-ins spread over two replicas on
+/// one Postgres exhaust one per-email limit of N; per replica, the same spread does not.
+#[test]
+fn failed_signins_spread_over_two_replicas_exhaust_one_cluster_wide_per_email_limit() {
+    const N: usize = 4;
+    for scope in ["cluster", "replica"] {
+        let db = Db::new(Store::Postgres);
+        let a = Gateway::start(&config(&db.url, &limits(scope, 4)), &[]);
+        let b = Gateway::start(&config(&db.url, &limits(scope, 4)), &[]);
+        let mail = email();
+        assert_eq!(register(&a, &mail).status, 201);
+        for i in 0..N {
+            let replica = if i % 2 == 0 { &a } else { &b };
+            let r = signin(replica, &mail, "wrong-password-123");
+            assert_problem(&r, 401, "invalid_credentials");
+        }
+        // The next attempt, right password or not, on either replica.
+        for replica in [&a, &b] {
+            let r = signin(replica, &mail, PASSWORD);
+            if scope == "cluster" {
+                assert_problem(&r, 429, "rate_limited");
+                assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+            } else {
+                assert_eq!(r.status, 200, "per replica, 2 of 4 each: {}", r.text());
+            }
+        }
+    }
+}
+
+/// The shared count costs one statement per check and one per failure: small next to bcrypt.
+/// Printed: the median sign-in with each scope, side by side (cost 10; the default 12 takes
+/// four times as long).
+#[test]
+fn a_cluster_wide_limit_adds_little_to_a_signin() {
+    let db = Db::new(Store::Postgres);
+    let cluster = Gateway::start(&config(&db.url, &limits("cluster", 100_000)), &[]);
+    let replica = Gateway::start(&config(&db.url, &limits("replica", 100_000)), &[]);
+    let mail = email();
+    assert_eq!(register(&cluster, &mail).status, 201);
+    let mut took = [Vec::new(), Vec::new()];
+    for round in 0..40 {
+        for (i, g) in [&cluster, &replica].into_iter().enumerate() {
+            let started = Instant::now();
+            let r = signin(
+                g,
+                &mail,
+                if round % 2 == 0 {
+                    PASSWORD
+                } else {
+                    "wrong-password-123"
+                },
+            );
+            took[i].push(started.elapsed());
+            assert!(matches!(r.status, 200 | 401), "{}", r.text());
+        }
+    }
+    for t in &mut took {
+        t.sort();
+    }
+    let (c, r) = (took[0][20], took[1][20]);
+    eprintln!(
+        "sign-in median: cluster-wide limit {c:?}, per replica {r:?} (added {:?})",
+        c.saturating_sub(r)
+    );
+    assert!(
+        c < r + Duration::from_millis(20),
+        "the shared count costs too much: {c:?} against {r:?}"
+    );
+    let m = common::get(cluster.admin, "/metrics", &[]).text();
+    assert!(
+        !m.contains("portcullis_rate_limit_fallbacks_total{limit=\"email\"} "),
+        "no fallback while the store answers:\n{m}"
+    );
+}
+
+/// With the store cut, a cluster-wide limit is counted by the replica alone (and says so in a
+/// metric): never no limit at all.
+#[test]
+fn with_the_store_down_a_cluster_wide_limit_falls_back_to_the_replicas_count() {
+    let db = Db::new(Store::Postgres);
+    let (pg, url) = Cuttable::in_front_of(&db.url);
+    let g = Gateway::start(
+        &config(
+            &url,
+            "[rate_limit]\nscope = \"cluster\"\nper_ip_per_minute = 3\n",
+        ),
+        &[],
+    );
+    pg.cut();
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| signin(&g, &email(), PASSWORD).status)
+        .collect();
+    assert_eq!(
+        statuses[3], 429,
+        "the 4th attempt from one IP: {statuses:?}"
+    );
+    let m = common::get(g.admin, "/metrics", &[]).text();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("portcullis_rate_limit_fallbacks_total{limit=\"ip\"}")),
+        "{m}"
+    );
+}
 
 /// Sign-out through one gateway is enforced by another on the same database within a second.
 #[test]

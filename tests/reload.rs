@@ -265,6 +265,7 @@ fn a_reload_under_continuous_load_fails_no_request_and_its_new_route_answers_at_
     assert_eq!(reloads(&gw, "ok"), 10);
     assert_eq!(reloads(&gw, "error"), 0);
     assert_eq!(config_sha256(&gw), sha256_of(&config_path(&gw)));
+    thread::sleep(Duration::from_millis(100)); // the log writer's batch
     assert!(
         gw.stderr().matches("config reloaded").count() == 10,
         "one line per reload:\n{}",
@@ -293,7 +294,13 @@ fn an_invalid_reload_changes_nothing_and_logs_one_line_per_problem() {
     assert_eq!(gw.get("/api/x", &[("Authorization", &bearer)]).status, 200);
     assert_eq!(gw.get("/new/x", &[]).status, 404);
     assert_eq!(config_sha256(&gw), sha_before);
-    let stderr = gw.stderr();
+    // The log writer batches lines: give the second a moment to be written.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut stderr = gw.stderr();
+    while stderr.matches("config reload refused").count() < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        stderr = gw.stderr();
+    }
     let refused: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("config reload refused"))
@@ -339,6 +346,7 @@ fn a_setting_that_takes_a_restart_is_named_and_the_rest_of_the_reload_applies() 
     assert_eq!(gw.get("/new/x", &[]).status, 200);
     // Still on the address it started with.
     assert_eq!(get(gw.admin, "/healthz", &[]).status, 200);
+    thread::sleep(Duration::from_millis(100)); // the log writer's batch
     assert!(
         gw.stderr()
             .lines()

@@ -600,7 +600,7 @@ mod contract {
             .await
             .unwrap();
         let applied = h.count("refinery_schema_history").await;
-        assert_eq!(applied, 3, "V1, V2 and V3");
+        assert_eq!(applied, 4, "V1 to V4");
 
         h.migrate().await.expect("second migrate");
         h.migrate().await.expect("third migrate");
@@ -640,6 +640,49 @@ mod contract {
 
     pub async fn ping(h: &Harness) {
         h.store().ping().await.expect("ping");
+    }
+
+    /// `rate_limit.scope = "cluster"`: one count per key and minute, shared by every store
+    /// handle (replica), the previous minute beside it; old minutes pruned.
+    pub async fn attempts_are_counted_per_key_and_minute_and_shared(h: &Harness) {
+        let (a, b) = (h.store(), h.another().await);
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let minute = 1_800_000_000; // a multiple of 60
+        assert_eq!(a.count_attempts(&k1, minute, 0).await.unwrap(), (0, 0));
+        assert_eq!(a.count_attempts(&k1, minute, 1).await.unwrap(), (1, 0));
+        assert_eq!(b.count_attempts(&k1, minute, 1).await.unwrap(), (2, 0));
+        assert_eq!(
+            b.count_attempts(&k1, minute, 0).await.unwrap(),
+            (2, 0),
+            "a read adds nothing"
+        );
+        assert_eq!(
+            a.count_attempts(&k2, minute, 1).await.unwrap(),
+            (1, 0),
+            "keys apart"
+        );
+        assert_eq!(b.count_attempts(&k1, minute + 60, 1).await.unwrap(), (1, 2));
+        assert_eq!(
+            a.count_attempts(&k1, minute + 120, 0).await.unwrap(),
+            (0, 1)
+        );
+        // Concurrent hits from both handles are all counted.
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                store.count_attempts(&[3u8; 32], minute, 1).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            a.count_attempts(&[3u8; 32], minute, 0).await.unwrap(),
+            (20, 0)
+        );
+        assert_eq!(a.prune_attempts(minute + 60).await.unwrap(), 3);
+        assert_eq!(a.count_attempts(&k1, minute + 60, 0).await.unwrap(), (1, 0));
     }
 }
 
@@ -681,6 +724,7 @@ contract_suite!(
     migrate_twice_is_a_no_op,
     concurrent_creates_of_the_same_email,
     ping,
+    attempts_are_counted_per_key_and_minute_and_shared,
 );
 
 /// SQLite only.

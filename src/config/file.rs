@@ -89,6 +89,8 @@ pub struct Server {
     pub request_head_timeout_ms: u64,
     /// A `Server-Timing` header with the gateway's own time on every response (CONTRACT 15).
     pub server_timing: bool,
+    /// `"json"` or `"pretty"`; absent: pretty when stderr is a terminal, JSON otherwise.
+    pub log_format: Option<String>,
     pub tls: Option<Tls>,
 }
 
@@ -101,6 +103,7 @@ impl Default for Server {
             grace_period_secs: 10,
             request_head_timeout_ms: 10_000,
             server_timing: false,
+            log_format: None,
             tls: None,
         }
     }
@@ -194,6 +197,8 @@ pub struct RateLimit {
     pub per_ip_per_minute: u32,
     pub failed_signins_per_email_per_minute: u32,
     pub trusted_proxies: Vec<String>,
+    /// `"replica"` or `"cluster"` (counted in the Postgres store, shared by every replica).
+    pub scope: String,
 }
 
 impl Default for RateLimit {
@@ -202,6 +207,7 @@ impl Default for RateLimit {
             per_ip_per_minute: 30,
             failed_signins_per_email_per_minute: 5,
             trusted_proxies: Vec::new(),
+            scope: "replica".into(),
         }
     }
 }
@@ -258,6 +264,9 @@ impl Default for Cors {
 pub struct Upstream {
     pub name: String,
     pub addrs: Vec<String>,
+    /// Names among `addrs` are resolved again this often.
+    #[serde(default = "default_resolve_secs")]
+    pub resolve_secs: u64,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout")]
@@ -271,6 +280,9 @@ pub struct Upstream {
     pub assertion: bool,
 }
 
+fn default_resolve_secs() -> u64 {
+    30
+}
 fn default_connect_timeout() -> u64 {
     2_000
 }

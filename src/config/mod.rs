@@ -34,6 +34,8 @@ pub struct Config {
     pub request_head_timeout: Duration,
     /// `Server-Timing` on every response (`crate::edge::timing`).
     pub server_timing: bool,
+    /// `server.log_format`; `None`: pretty on a terminal, JSON otherwise (`crate::ops::logging`).
+    pub log_format: Option<LogFormat>,
     pub tls: Option<TlsFiles>,
     pub store: Store,
     pub tokens: Tokens,
@@ -52,6 +54,15 @@ pub struct Config {
     pub assertion: Option<Assertion>,
     /// Hex SHA-256 of the config text as read (`config_sha256` on `/readyz`).
     pub sha256: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// One readable line per event: timestamp, level, message, fields.
+    Pretty,
 }
 
 /// The forward-auth endpoints, on: only peers in `trusted_proxies` may ask.
@@ -261,6 +272,8 @@ pub struct RateLimit {
     pub per_ip_per_minute: u32,
     pub failed_signins_per_email_per_minute: u32,
     pub trusted_proxies: Vec<IpNet>,
+    /// Count in the shared store as well (`scope = "cluster"`; `crate::accounts::ratelimit`).
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -279,13 +292,63 @@ pub enum SameSite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub name: String,
-    pub addrs: Vec<SocketAddr>,
+    pub addrs: Vec<UpstreamAddr>,
+    /// How often names among `addrs` are resolved again.
+    pub resolve: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health_check_interval: Duration,
     pub forward_token: bool,
     /// Requests with identity carry a signed assertion (unless their route says otherwise).
     pub assertion: bool,
+}
+
+/// One entry of an upstream's `addrs`: an address, or a name resolved in the background
+/// (`crate::edge::resolve`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl UpstreamAddr {
+    /// `IP:port`, `[IPv6]:port` or `host:port` (a DNS name: letters, digits, `-`, `_`, dots).
+    pub fn parse(text: &str) -> Option<Self> {
+        if let Ok(addr) = text.parse() {
+            return Some(Self::Ip(addr));
+        }
+        let (host, port) = text.rsplit_once(':')?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let is_name = (1..=253).contains(&host.len())
+            && host.split('.').all(label_ok)
+            // All digits and dots is an IP address that did not parse, not a name.
+            && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        is_name.then(|| Self::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    pub const fn is_name(&self) -> bool {
+        matches!(self, Self::Name { .. })
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ip(addr) => write!(f, "{addr}"),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// `[assertion]`, validated: the signing key is read, not yet parsed (`authn::assertion`
@@ -505,6 +568,7 @@ impl Config {
                 self.request_head_timeout != running.request_head_timeout,
             ),
             ("server.tls", tls(self) != tls(running)),
+            ("server.log_format", self.log_format != running.log_format),
             ("store.url", self.store.url != running.store.url),
             (
                 "store.auto_migrate",
@@ -566,6 +630,7 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
     if raw.server.threads == 0 || raw.server.threads > 1024 {
         p.add("server.threads must be between 1 and 1024");
     }
+    let log_format = log_format(&mut p, raw.server.log_format.as_deref());
     if !(100..=600_000).contains(&raw.server.request_head_timeout_ms) {
         p.add("server.request_head_timeout_ms must be between 100 and 600000");
     }
@@ -631,6 +696,7 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
                 grace_period: Duration::from_secs(raw.server.grace_period_secs),
                 request_head_timeout: Duration::from_millis(raw.server.request_head_timeout_ms),
                 server_timing: raw.server.server_timing,
+                log_format,
                 tls,
                 store,
                 tokens,
@@ -648,6 +714,19 @@ fn validate(raw: &file::FileConfig, env: &dyn Env) -> Result<Config, Vec<String>
             })
         }
         _ => Err(p.0),
+    }
+}
+
+fn log_format(p: &mut Problems, value: Option<&str>) -> Option<LogFormat> {
+    match value? {
+        "json" => Some(LogFormat::Json),
+        "pretty" => Some(LogFormat::Pretty),
+        other => {
+            p.add(format!(
+                "server.log_format `{other}` must be \"json\" or \"pretty\""
+            ));
+            None
+        }
     }
 }
 
@@ -929,10 +1008,21 @@ fn rate_limit(p: &mut Problems, raw: &file::RateLimit) -> RateLimit {
         p.add("rate_limit.failed_signins_per_email_per_minute must be at least 1");
     }
     let trusted_proxies = cidrs(p, "rate_limit.trusted_proxies", &raw.trusted_proxies);
+    let cluster = match raw.scope.as_str() {
+        "replica" => false,
+        "cluster" => true,
+        other => {
+            p.add(format!(
+                "rate_limit.scope `{other}` must be \"replica\" or \"cluster\""
+            ));
+            false
+        }
+    };
     RateLimit {
         per_ip_per_minute: raw.per_ip_per_minute,
         failed_signins_per_email_per_minute: raw.failed_signins_per_email_per_minute,
         trusted_proxies,
+        cluster,
     }
 }
 
@@ -994,13 +1084,26 @@ fn upstreams(p: &mut Problems, raw: &[file::Upstream]) -> Vec<Upstream> {
             p.add(format!("{at} is defined twice"));
         }
         if u.addrs.is_empty() {
-            p.add(format!("{at}: addrs must list at least one IP:port"));
+            p.add(format!(
+                "{at}: addrs must list at least one IP:port or host:port"
+            ));
         }
-        let addrs: Vec<SocketAddr> = u
+        let addrs: Vec<UpstreamAddr> = u
             .addrs
             .iter()
-            .filter_map(|a| addr(p, &format!("{at}: addr"), a))
+            .filter_map(|a| {
+                let parsed = UpstreamAddr::parse(a);
+                if parsed.is_none() {
+                    p.add(format!(
+                        "{at}: addr `{a}` is not an IP:port or host:port address"
+                    ));
+                }
+                parsed
+            })
             .collect();
+        if u.resolve_secs == 0 || u.resolve_secs > 86_400 {
+            p.add(format!("{at}: resolve_secs must be between 1 and 86400"));
+        }
         for (key, ms) in [
             ("connect_timeout_ms", u.connect_timeout_ms),
             ("read_timeout_ms", u.read_timeout_ms),
@@ -1013,6 +1116,7 @@ fn upstreams(p: &mut Problems, raw: &[file::Upstream]) -> Vec<Upstream> {
         out.push(Upstream {
             name: u.name.clone(),
             addrs,
+            resolve: Duration::from_secs(u.resolve_secs),
             connect_timeout: Duration::from_millis(u.connect_timeout_ms),
             read_timeout: Duration::from_millis(u.read_timeout_ms),
             health_check_interval: Duration::from_millis(u.health_check_interval_ms),

@@ -3,8 +3,8 @@
 //! the tests use it to see what crossed the edge. Pingora's HTTP/1.1 server does the HTTP
 //! (keep-alive, `Content-Length` or chunked bodies); this file only says what to answer.
 //!
-//! One exception: `GET /app/` and `GET /app/index.html` (query ignored) answer [`APP_PAGE`], a
-//! plain-JS client of the identity endpoints that the browser test (`tests/browser.rs`,
+//! One exception: `GET /`, `GET /app/` and `GET /app/index.html` (query ignored) answer [`APP_PAGE`], a
+//! plain-JS client of the identity endpoints: the demo's page, which the browser test (`tests/browser.rs`,
 //! `e2e/run.mjs`) drives. Every other request, `/app/...` included, is echoed.
 
 use std::net::SocketAddr;
@@ -34,7 +34,7 @@ struct Received<'a> {
 /// Whether a request gets [`APP_PAGE`] instead of the echo.
 fn is_app_page(method: &str, target: &str) -> bool {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    matches!(method, "GET" | "HEAD") && matches!(path, "/app/" | "/app/index.html")
+    matches!(method, "GET" | "HEAD") && matches!(path, "/" | "/app/" | "/app/index.html")
 }
 
 #[async_trait]
@@ -143,7 +143,8 @@ pub async fn serve(listener: tokio::net::TcpListener) {
     }
 }
 
-/// The browser test's page, served at `/app/` and `/app/index.html`: plain JS, no external
+/// The demo's page (`/` of `portcullis demo`) and the browser test's, served at `/`, `/app/`
+/// and `/app/index.html`: plain JS, no external
 /// resources. It registers a random user, signs in (the gateway sets the HttpOnly cookie; the
 /// page keeps no token), calls the owner route `/api/<id>/tasks/1` with the cookie alone, signs
 /// out and calls it again, writing every result into an element with an id for the driver.
@@ -153,7 +154,7 @@ pub const APP_PAGE: &str = r#"<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Portcullis browser check</title>
+<title>Portcullis demo</title>
 <style>
   body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; max-width: 60em; }
   dt { font-weight: bold; margin-top: .5em; }
@@ -165,7 +166,7 @@ pub const APP_PAGE: &str = r#"<!doctype html>
 </style>
 </head>
 <body>
-<h1>Portcullis: sign in with the gateway's cookie</h1>
+<h1>Portcullis demo: sign in with the gateway's cookie</h1>
 <p>
   A plain page served by the upstream behind the gateway. It never stores a token: the
   gateway sets an <code>HttpOnly</code> cookie, and every call below is a same-origin
@@ -328,6 +329,7 @@ mod tests {
     #[test]
     fn only_get_or_head_of_the_app_page_gets_the_page() {
         for (method, target) in [
+            ("GET", "/"),
             ("GET", "/app/"),
             ("GET", "/app/index.html"),
             ("GET", "/app/?from=test"),
@@ -340,7 +342,8 @@ mod tests {
             ("GET", "/app"),
             ("GET", "/app/other"),
             ("GET", "/api/app/"),
-            ("GET", "/"),
+            ("GET", "/index.html"),
+            ("POST", "/"),
         ] {
             assert!(!is_app_page(method, target), "{method} {target}");
         }

@@ -25,6 +25,7 @@ pub fn config(echo: SocketAddr) -> Result<Config, Vec<String>> {
 listen = "{LISTEN}"
 admin_listen = "{ADMIN}"
 grace_period_secs = 1
+log_format = "pretty"
 
 [store]
 url = "sqlite://data/portcullis-demo.db"
@@ -44,6 +45,12 @@ owner = "user_id"
 
 [[route]]
 path = "/public/{{*rest}}"
+upstream = "echo"
+auth = "public"
+
+# The demo page (register, sign in, call the owner route, sign out), served by the echo.
+[[route]]
+path = "/"
 upstream = "echo"
 auth = "public"
 "#
@@ -101,7 +108,10 @@ Portcullis demo — FOR DEVELOPMENT ONLY
   secret   ./data/{secret} — a generated DEVELOPMENT secret; never use it in production
   upstream built-in echo on {echo}: /api/{{user_id}}/tasks/* (owner only), /public/* (anyone)
 
-Try it (in another shell):
+Open http://{LISTEN}/ in a browser: register, sign in (an HttpOnly cookie, no token in
+the page), call the owner route and see the X-User-Id the upstream received, sign out, get 401.
+
+Or with curl (in another shell):
 
   B=http://{LISTEN}/api/v1/auth
   curl -s -X POST $B/register -H 'content-type: application/json' \

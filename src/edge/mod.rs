@@ -1,12 +1,13 @@
 //! The edge: the Pingora phases (`proxy`, with the per-request state in `ctx`), the gateway
 //! one config builds and its admission decision (`gateway`), and everything only they use, in
-//! the order a request meets them: the request-head deadline (`deadline`),
-//! the framing guard (`framing`), one canonical path (`crate::path`, on the ground floor because
-//! config checks route patterns with it too), the header policy (`headers`: strip, request id,
-//! credential, inject), CORS (`cors`), the route table (`routes`) and its metric handles
-//! (`route_metrics`), the load-balanced upstreams (`upstream`), the in-flight count graceful
-//! shutdown waits for (`drain`), the opt-in `Server-Timing` of each response (`timing`), and
-//! the same admission answered to another proxy (`forward_auth`).
+//! the order a request meets them: the request-head deadline (`deadline`), the framing guard
+//! (`framing`), one canonical path (`crate::path`, on the ground floor because config checks
+//! route patterns with it too), the header policy (`headers`: strip, request id, credential,
+//! inject), CORS (`cors`), the route table (`routes`) and its metric handles
+//! (`route_metrics`), the load-balanced upstreams (`upstream`, their names resolved by
+//! `resolve`), the in-flight count graceful shutdown waits for (`drain`), the opt-in
+//! `Server-Timing` of each response (`timing`), and the same admission answered to another
+//! proxy (`forward_auth`).
 
 pub mod cors;
 pub mod ctx;
@@ -18,6 +19,7 @@ pub mod gateway;
 pub mod headers;
 pub mod lifetime;
 pub mod proxy;
+pub mod resolve;
 pub mod route_metrics;
 pub mod routes;
 pub mod timing;

@@ -1,18 +1,20 @@
 //! Upstreams: one round-robin load balancer per `[[upstream]]`, its health checked in the
 //! background ([`HealthChecks`], which follows the set a reload publishes) so the proxy only
-//! reads the result. Picking a peer does no I/O.
+//! reads the result. Names among an upstream's addresses are resolved by the same loop
+//! (`resolve`). Picking a peer does no I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, LoadBalancer, health_check::TcpHealthCheck};
+use pingora::lb::{Backend, Backends, LoadBalancer, health_check::TcpHealthCheck};
 use pingora::prelude::HttpPeer;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config;
+use crate::config::{self, UpstreamAddr};
+use crate::edge::resolve::{self, Resolver};
 
 /// A ready upstream: its balancer and the peer settings every connection to it uses.
 #[derive(Clone)]
@@ -84,14 +86,21 @@ pub fn build(configs: &[config::Upstream], previous: &[Upstream]) -> Result<Vec<
             upstreams.push(same.clone());
             continue;
         }
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(c.addrs.iter())
-            .map_err(|e| format!("upstream `{}`: {e}", c.name))?;
+        let mut lb = if c.addrs.iter().any(UpstreamAddr::is_name) {
+            let names = Resolver::new(&c.name, &c.addrs, resolve::system());
+            let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(names)));
+            lb.update_frequency = Some(c.resolve);
+            lb
+        } else {
+            LoadBalancer::<RoundRobin>::try_from_iter(c.addrs.iter().map(ToString::to_string))
+                .map_err(|e| format!("upstream `{}`: {e}", c.name))?
+        };
         let mut check = TcpHealthCheck::new();
         check.peer_template.options.connection_timeout = Some(c.connect_timeout);
         lb.set_health_check(check);
         lb.health_check_frequency = Some(c.health_check_interval);
         let single = match c.addrs.as_slice() {
-            [addr] => Some((
+            [UpstreamAddr::Ip(addr)] => Some((
                 Backend::new(&addr.to_string())
                     .map_err(|e| format!("upstream `{}`: {e}", c.name))?,
                 peer_for(*addr, c.connect_timeout, c.read_timeout),
@@ -109,6 +118,38 @@ pub fn build(configs: &[config::Upstream], previous: &[Upstream]) -> Result<Vec<
         });
     }
     Ok(upstreams)
+}
+
+/// How long a new upstream with names may take to resolve and be checked once before the
+/// config that brings it is served anyway (its loop goes on resolving).
+const SETTLE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Resolves the names of the upstreams new in `upstreams` (not in `previous`) and checks the
+/// addresses found once, so that the config that brings them serves a resolved, checked set
+/// from its first request (at start, and before a reload is published).
+pub async fn settle(upstreams: &[Upstream], previous: &[Upstream]) {
+    for u in upstreams {
+        let named = u.conf.addrs.iter().any(UpstreamAddr::is_name);
+        if !named
+            || previous
+                .iter()
+                .any(|p| Arc::ptr_eq(&p.balancer, &u.balancer))
+        {
+            continue;
+        }
+        let first = async {
+            if let Err(e) = u.balancer.update().await {
+                tracing::warn!(upstream = u.name, error = %e, "upstream names not resolved");
+            }
+            u.balancer.backends().run_health_check(true).await;
+        };
+        if tokio::time::timeout(SETTLE_WITHIN, first).await.is_err() {
+            tracing::warn!(
+                upstream = u.name,
+                "upstream names not resolved and checked within 5 s; serving on, resolving in the background"
+            );
+        }
+    }
 }
 
 /// The balancers of `upstreams`, for [`HealthChecks`].

@@ -1,5 +1,8 @@
-//! Logs: JSON lines on stderr, filtered by `RUST_LOG` (default `info`), written by a thread of
-//! their own. A worker thread appends each line to a bounded in-memory buffer and goes on; it
+//! Logs: one line per event on stderr, JSON (for log shippers) or pretty (for a person at a
+//! terminal: timestamp, level, message, fields; no module paths, no colours, control characters
+//! escaped so that no value can forge a line), filtered by `RUST_LOG` (default `info`), written
+//! by a thread of their own. `server.log_format` picks; without it a terminal gets pretty and
+//! anything else JSON. A worker thread appends each line to a bounded in-memory buffer and goes on; it
 //! never waits for stderr (a slow terminal, a full pipe, a stalled log shipper). When the buffer
 //! is full the line is dropped and counted (`portcullis_log_lines_dropped_total`): under overload
 //! the gateway keeps serving and says how much it did not log.
@@ -19,6 +22,8 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::LogFormat;
 
 /// Bytes the buffer holds before new lines are dropped: about 8000 access lines.
 pub const QUEUE_BYTES: usize = 2 * 1024 * 1024;
@@ -116,16 +121,21 @@ impl Queue {
 
 /// The logger's writer: hands out a borrowed [`Line`] per event (no reference count touched).
 #[derive(Debug)]
-struct LineWriter(Arc<Queue>);
+struct LineWriter(Arc<Queue>, Style);
 
 /// What `tracing` writes one formatted line into (one `write_all` per event); a line that
 /// does not fit is counted in `portcullis_log_lines_dropped_total`.
 #[derive(Debug)]
-struct Line<'a>(&'a Queue);
+struct Line<'a>(&'a Queue, Style);
 
 impl Write for Line<'_> {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        if !self.0.push(line) {
+        let pushed = match self.1 {
+            // JSON escapes every control character itself.
+            Style::Json => self.0.push(line),
+            Style::Pretty => self.0.push(&one_line(line)),
+        };
+        if !pushed {
             super::metrics::LOG_LINES_DROPPED.inc();
         }
         Ok(line.len())
@@ -140,12 +150,38 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LineWriter {
     type Writer = Line<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        Line(&self.0)
+        Line(&self.0, self.1)
     }
 }
 
-/// The queue access lines go to: the process logger's, once [`init`] has run.
-static ACCESS_QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
+/// How lines look (`server.log_format`, decided once by [`init`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Json,
+    Pretty,
+}
+
+/// A pretty line with every control character but its final newline escaped (`\n`, `\u{1b}`):
+/// a value holding a newline or a terminal escape stays inside its line.
+fn one_line(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    if !body.iter().any(u8::is_ascii_control) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(line.len() + 16);
+    for &b in body {
+        if b.is_ascii_control() {
+            out.extend(std::ascii::escape_default(b));
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\n');
+    std::borrow::Cow::Owned(out)
+}
+
+/// The queue access lines go to, and their style: the process logger's, once [`init`] has run.
+static ACCESS_QUEUE: OnceLock<(Arc<Queue>, Style)> = OnceLock::new();
 
 /// One request's access line. Never the token, the cookie or the query string: only what
 /// identifies the request. Absent fields are left out, as `tracing` leaves out a `None`.
@@ -173,12 +209,19 @@ impl Access<'_> {
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
-        let Some(queue) = ACCESS_QUEUE.get() else {
+        let Some((queue, style)) = ACCESS_QUEUE.get() else {
             return;
         };
         ACCESS_LINE.with_borrow_mut(|(line, second, prefix)| {
             line.clear();
-            self.write(line, SystemTime::now(), second, prefix);
+            match style {
+                Style::Json => self.write(line, SystemTime::now(), second, prefix),
+                Style::Pretty => {
+                    self.write_pretty(line, SystemTime::now(), second, prefix);
+                    let escaped = one_line(line).into_owned();
+                    *line = escaped;
+                }
+            }
             if !queue.push(line) {
                 super::metrics::LOG_LINES_DROPPED.inc();
             }
@@ -211,6 +254,46 @@ impl Access<'_> {
         f.text("error", self.error);
         let out = f.out;
         out.extend_from_slice(b"},\"target\":\"access\"}\n");
+    }
+}
+
+impl Access<'_> {
+    /// The pretty line: `2026-12-07T09:50:01.123456Z  INFO GET /api/{*rest} 200 1.234 ms
+    /// user_id=… request_id=…` (the same fields as the JSON line).
+    fn write_pretty(
+        &self,
+        out: &mut Vec<u8>,
+        now: SystemTime,
+        second: &mut u64,
+        prefix: &mut [u8; 19],
+    ) {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if since.as_secs() != *second {
+            *second = since.as_secs();
+            *prefix = rfc3339_second(*second);
+        }
+        out.extend_from_slice(prefix);
+        let _ = write!(
+            out,
+            ".{:06}Z  INFO {} {} {} {}.{:03} ms",
+            since.subsec_micros(),
+            self.method,
+            self.route.unwrap_or("-"),
+            self.status,
+            self.latency_us / 1000,
+            self.latency_us % 1000,
+        );
+        for (name, value) in [
+            ("user_id", self.user_id),
+            ("code", self.code),
+            ("error", self.error),
+            ("request_id", self.request_id),
+        ] {
+            if let Some(value) = value {
+                let _ = write!(out, " {name}={value}");
+            }
+        }
+        out.push(b'\n');
     }
 }
 
@@ -282,7 +365,7 @@ fn rfc3339_second(secs: u64) -> [u8; 19] {
 }
 
 /// Starts the writer thread over `out`; the guard ends it.
-fn start(out: impl Write + Send + 'static) -> (LineWriter, LogGuard) {
+fn start(out: impl Write + Send + 'static, style: Style) -> (LineWriter, LogGuard) {
     let queue = Arc::new(Queue::default());
     let (done_tx, done) = std::sync::mpsc::channel();
     let q = Arc::clone(&queue);
@@ -294,7 +377,7 @@ fn start(out: impl Write + Send + 'static) -> (LineWriter, LogGuard) {
             let _ = done_tx.send(());
         });
     (
-        LineWriter(Arc::clone(&queue)),
+        LineWriter(Arc::clone(&queue), style),
         LogGuard {
             queue,
             done,
@@ -322,22 +405,29 @@ impl Drop for LogGuard {
     }
 }
 
-/// Installs the process's logger (once; later calls change nothing and return a guard of a
-/// writer that is never used).
-pub fn init() -> LogGuard {
+/// Installs the process's logger in `format` (`None`: pretty when stderr is a terminal, JSON
+/// otherwise). Once; later calls change nothing and return a guard of a writer never used.
+pub fn init(format: Option<LogFormat>) -> LogGuard {
+    use std::io::IsTerminal as _;
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     for clamp in PINGORA_CLAMPS {
         filter = filter.add_directive(clamp.parse().expect("static directive"));
     }
-    let (writer, guard) = start(std::io::stderr());
-    let _ = ACCESS_QUEUE.set(Arc::clone(&writer.0));
-    let _ = tracing_subscriber::fmt()
-        .json()
+    let pretty = format.map_or_else(
+        || std::io::stderr().is_terminal(),
+        |f| f == LogFormat::Pretty,
+    );
+    let style = if pretty { Style::Pretty } else { Style::Json };
+    let (writer, guard) = start(std::io::stderr(), style);
+    let _ = ACCESS_QUEUE.set((Arc::clone(&writer.0), style));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_current_span(false)
-        .try_init();
+        .with_writer(writer);
+    let _ = match style {
+        Style::Json => builder.json().with_current_span(false).try_init(),
+        Style::Pretty => builder.with_target(false).with_ansi(false).try_init(),
+    };
     guard
 }
 
@@ -482,6 +572,41 @@ mod tests {
     }
 
     #[test]
+    fn the_pretty_access_line_is_one_readable_line_whatever_its_values_hold() {
+        let a = super::Access {
+            request_id: Some("req-1"),
+            method: "GET",
+            route: Some("/api/{user_id}/{*rest}"),
+            status: 200,
+            latency_us: 1234,
+            user_id: Some("u\n2026-12-07T00:00:00Z  INFO forged\u{1b}[2J"),
+            code: None,
+            error: None,
+        };
+        let mut out = Vec::new();
+        a.write_pretty(
+            &mut out,
+            std::time::SystemTime::now(),
+            &mut u64::MAX.clone(),
+            &mut [0; 19],
+        );
+        let line = String::from_utf8(super::one_line(&out).into_owned()).unwrap();
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(!line.contains('\u{1b}'), "{line}");
+        let after_time = line.split_once("Z  ").unwrap().1;
+        assert!(
+            after_time.starts_with("INFO GET /api/{user_id}/{*rest} 200 1.234 ms user_id=u\\n2026"),
+            "{line}"
+        );
+        assert!(line.trim_end().ends_with("request_id=req-1"), "{line}");
+        // A line without controls passes as it is.
+        assert!(matches!(
+            super::one_line(b"plain\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
     fn timestamps_are_utc_civil_dates_across_leap_years_and_centuries() {
         assert_eq!(&super::rfc3339_second(0), b"1970-01-01T00:00:00");
         assert_eq!(&super::rfc3339_second(951_782_400), b"2000-02-29T00:00:00");
@@ -527,8 +652,8 @@ mod tests {
     #[test]
     fn a_stalled_stderr_never_blocks_the_caller_and_drops_are_counted() {
         let release = Arc::new(AtomicBool::new(false));
-        let (writer, guard) = super::start(Stalled(Arc::clone(&release)));
-        let mut writer = super::Line(&writer.0);
+        let (writer, guard) = super::start(Stalled(Arc::clone(&release)), super::Style::Json);
+        let mut writer = super::Line(&writer.0, super::Style::Json);
         let line = vec![b'x'; 1023]
             .into_iter()
             .chain([b'\n'])
@@ -565,8 +690,8 @@ mod tests {
     #[test]
     fn lines_queued_while_the_writer_works_go_out_in_one_write_whole_and_in_order() {
         let out = Recorder::default();
-        let (writer, guard) = super::start(out.clone());
-        let mut writer = super::Line(&writer.0);
+        let (writer, guard) = super::start(out.clone(), super::Style::Json);
+        let mut writer = super::Line(&writer.0, super::Style::Json);
         writer.write_all(b"first\n").unwrap();
         // An idle writer is woken by the first line: it goes out at once, alone.
         wait_until("the first line is written", || {
@@ -599,8 +724,8 @@ mod tests {
             }
         }
         let calls = Arc::new(AtomicUsize::new(0));
-        let (writer, guard) = super::start(Never(Arc::clone(&calls)));
-        let mut writer = super::Line(&writer.0);
+        let (writer, guard) = super::start(Never(Arc::clone(&calls)), super::Style::Json);
+        let mut writer = super::Line(&writer.0, super::Style::Json);
         writer.write_all(b"stuck\n").unwrap();
         wait_until("the writer took the line", || {
             calls.load(Ordering::SeqCst) == 1

@@ -156,6 +156,16 @@ metrics! {
         "bcrypt jobs refused (queue full or wait exceeded): answered 503",
     );
 
+    /// Cluster-wide limit checks the store could not answer (down, or slower than 300 ms):
+    /// decided by the replica's own count, by limit (`ip`, `email`).
+    RATE_LIMIT_FALLBACKS: IntCounterVec = IntCounterVec::new(
+        Opts::new(
+            "portcullis_rate_limit_fallbacks_total",
+            "Cluster-wide rate-limit checks decided by the replica's own count because the store did not answer",
+        ),
+        &["limit"],
+    );
+
     /// Config reloads (SIGHUP), by result: `ok` (the new config serves) or `error` (refused,
     /// the old one keeps serving).
     CONFIG_RELOADS: IntCounterVec = IntCounterVec::new(

@@ -1,5 +1,5 @@
 //! CONTRACT section 2, upstreams: bodies and methods pass, addresses are balanced and health
-//! checked, a dead upstream is 502 and a silent one 504; idle connections are reused and one the
+//! checked, names resolved (section 14), a dead upstream is 502 and a silent one 504; idle connections are reused and one the
 //! upstream closed is neither used nor kept.
 
 use std::io::{Read, Write};
@@ -138,6 +138,91 @@ fn unhealthy_addr_is_taken_out_of_rotation() {
             last = format!("{} {}", r.status, r.text());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+#[test]
+fn an_upstream_named_by_host_is_resolved_checked_and_proxied_from_the_first_request() {
+    // `localhost` resolves to 127.0.0.1 and (usually) ::1; the upstream listens on the first
+    // only: the check before serving takes the other out, so no request meets it.
+    let up = Upstream::spawn();
+    let gw = Gateway::start(
+        &upstream_config(&format!("\"localhost:{}\"", up.addr.port()), ""),
+        &[],
+    );
+    for i in 0..20 {
+        let r = gw.get(&format!("/p/{i}"), &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    assert_eq!(up.proxied_count(), 20);
+    assert!(
+        gw.stderr().contains("upstream name resolved"),
+        "{}",
+        gw.stderr()
+    );
+}
+
+#[test]
+fn a_name_that_never_resolves_is_502_not_a_start_failure_and_other_addrs_still_serve() {
+    let gw = Gateway::start(
+        &upstream_config("\"portcullis-no-such-host.invalid:80\"", "resolve_secs = 1"),
+        &[],
+    );
+    let r = gw.get("/p/x", &[]);
+    assert_problem(&r, 502, "bad_gateway");
+    assert_eq!(get(gw.admin, "/healthz", &[]).status, 200);
+    assert!(
+        gw.stderr().contains("upstream name did not resolve"),
+        "{}",
+        gw.stderr()
+    );
+
+    let up = Upstream::spawn();
+    let mixed = Gateway::start(
+        &upstream_config(
+            &format!("\"portcullis-no-such-host.invalid:80\", \"{}\"", up.addr),
+            "",
+        ),
+        &[],
+    );
+    for _ in 0..6 {
+        assert_eq!(mixed.get("/p/x", &[]).status, 200);
+    }
+}
+
+#[test]
+fn upstream_addresses_that_are_neither_ip_nor_host_port_are_refused_at_start() {
+    for bad in [
+        "localhost",
+        "localhost:0",
+        "local host:80",
+        "-x.example:80",
+        "http://x:80",
+        "1.2.3:80",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let text = render(
+            &upstream_config(&format!("\"{bad}\""), ""),
+            &[
+                ("LISTEN", "127.0.0.1:1".into()),
+                ("ADMIN", "127.0.0.1:2".into()),
+                ("DIR", dir.path().to_string_lossy().into_owned()),
+            ],
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env(SECRET_ENV, SECRET)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(
+            err.contains("is not an IP:port or host:port address"),
+            "{bad}: {err}"
+        );
     }
 }
 

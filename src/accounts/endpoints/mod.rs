@@ -15,8 +15,9 @@ use pingora::http::ResponseHeader;
 use serde::Serialize;
 
 use crate::accounts::body;
+use crate::accounts::limits::Limit;
 use crate::accounts::password::PasswordPool;
-use crate::accounts::ratelimit::{Limiter, TrustedProxies};
+use crate::accounts::ratelimit::TrustedProxies;
 use crate::accounts::store::{SharedStore, StoreHealth, User};
 use crate::authn::Authenticator;
 use crate::authn::issue::{Minted, TokenIssuer};
@@ -34,8 +35,8 @@ pub struct Identity {
     pub issuer: TokenIssuer,
     pub auth: Arc<Authenticator>,
     pub cookie: config::Cookie,
-    pub per_ip: Arc<Limiter<IpAddr>>,
-    pub failed_per_email: Arc<Limiter<String>>,
+    pub per_ip: Limit<IpAddr>,
+    pub failed_per_email: Limit<String>,
     pub trusted_proxies: TrustedProxies,
 }
 
@@ -214,15 +215,15 @@ pub fn response(reply: &Reply) -> (ResponseHeader, Bytes) {
 
 /// The common start of register and signin: the per-IP limit, a JSON body with valid
 /// credentials, and the per-email limit. Returns the credentials and the email's limit key.
-fn credentials_request(
+async fn credentials_request(
     id: &Identity,
     req: &Request<'_>,
 ) -> Result<(body::EmailPassword, String), Problem> {
-    id.per_ip.hit(&req.client_ip)?;
+    id.per_ip.hit(&req.client_ip).await?;
     body::require_json(req.content_type)?;
     let input = body::email_password(&req.body)?;
     let email_key = input.email.to_ascii_lowercase();
-    id.failed_per_email.check(&email_key)?;
+    id.failed_per_email.check(&email_key).await?;
     Ok((input, email_key))
 }
 

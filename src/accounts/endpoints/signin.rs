@@ -6,14 +6,14 @@ use super::{Identity, Reply, Request, credentials_request, now, session_reply};
 use crate::problem::{Code, Problem};
 
 pub async fn handle(id: &Identity, req: Request<'_>) -> Result<Reply, Problem> {
-    let (input, email_key) = credentials_request(id, &req)?;
+    let (input, email_key) = credentials_request(id, &req).await?;
 
     let found = id.store.credentials_by_email(&input.email).await?;
     let hash = found.as_ref().map(|c| c.password_hash.as_str());
     let ok = id.passwords.verify(&input.password, hash).await?;
     let Some(creds) = found.filter(|_| ok) else {
         // Counted after the work, so a guesser pays bcrypt for every try.
-        let _ = id.failed_per_email.hit(&email_key);
+        let _ = id.failed_per_email.hit(&email_key).await;
         return Err(Problem::new(Code::InvalidCredentials));
     };
 

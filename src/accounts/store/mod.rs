@@ -90,6 +90,19 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     /// Deletes revocations that protect nothing any more (`expires_at < now`).
     async fn prune_revocations(&self, now: i64) -> Result<u64, StoreError>;
 
+    /// Adds `add` attempts (0: only reads) to `key`'s count in the minute starting at `window`
+    /// (unix seconds, a multiple of 60) in one statement, and returns the counts of that minute
+    /// and of the one before it (`rate_limit.scope = "cluster"`).
+    async fn count_attempts(
+        &self,
+        key: &[u8],
+        window: i64,
+        add: i32,
+    ) -> Result<(i64, i64), StoreError>;
+
+    /// Deletes attempt counts of minutes that started before `before`.
+    async fn prune_attempts(&self, before: i64) -> Result<u64, StoreError>;
+
     /// Cheap round trip for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 

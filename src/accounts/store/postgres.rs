@@ -724,6 +724,58 @@ impl UserStore for PostgresStore {
         .await
     }
 
+    async fn count_attempts(
+        &self,
+        key: &[u8],
+        window: i64,
+        add: i32,
+    ) -> Result<(i64, i64), StoreError> {
+        // One unnamed statement either way: safe behind a transaction-mode pooler.
+        let sql = if add == 0 {
+            "SELECT COALESCE(SUM(count) FILTER (WHERE window_start = $2), 0)::int8, \
+                    COALESCE(SUM(count) FILTER (WHERE window_start = $2 - 60), 0)::int8 \
+             FROM attempts WHERE key = $1 AND window_start IN ($2, $2 - 60) AND $3 = 0"
+        } else {
+            "WITH now AS ( \
+               INSERT INTO attempts (key, window_start, count) VALUES ($1, $2, $3) \
+               ON CONFLICT (key, window_start) DO UPDATE SET count = attempts.count + EXCLUDED.count \
+               RETURNING count \
+             ) \
+             SELECT (SELECT count FROM now)::int8, \
+                    COALESCE((SELECT count FROM attempts WHERE key = $1 AND window_start = $2 - 60), 0)::int8"
+        };
+        self.bounded(async {
+            let client = self.client().await?;
+            let row = client
+                .query_typed_one(
+                    sql,
+                    &[
+                        (&key, Type::BYTEA),
+                        (&window, Type::INT8),
+                        (&add, Type::INT4),
+                    ],
+                )
+                .await
+                .map_err(|e| self.map(&e))?;
+            Ok((row.get(0), row.get(1)))
+        })
+        .await
+    }
+
+    async fn prune_attempts(&self, before: i64) -> Result<u64, StoreError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            client
+                .execute_typed(
+                    "DELETE FROM attempts WHERE window_start < $1",
+                    &[(&before, Type::INT8)],
+                )
+                .await
+                .map_err(|e| self.map(&e))
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(async {
             let client = self.client().await?;

@@ -382,6 +382,47 @@ impl UserStore for SqliteStore {
         .await
     }
 
+    async fn count_attempts(
+        &self,
+        key: &[u8],
+        window: i64,
+        add: i32,
+    ) -> Result<(i64, i64), StoreError> {
+        let key = key.to_vec();
+        self.run(move |conn| {
+            if add != 0 {
+                conn.prepare_cached(
+                    "INSERT INTO attempts (key, window_start, count) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (key, window_start) DO UPDATE SET count = count + excluded.count",
+                )
+                .and_then(|mut upsert| upsert.execute(rusqlite::params![key, window, add]))
+                .map_err(|e| map(&e))?;
+            }
+            conn.prepare_cached(
+                "SELECT COALESCE(SUM(CASE WHEN window_start = ?2 THEN count END), 0), \
+                        COALESCE(SUM(CASE WHEN window_start = ?2 - 60 THEN count END), 0) \
+                 FROM attempts WHERE key = ?1 AND window_start IN (?2, ?2 - 60)",
+            )
+            .and_then(|mut read| {
+                read.query_row(rusqlite::params![key, window], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .map_err(|e| map(&e))
+        })
+        .await
+    }
+
+    async fn prune_attempts(&self, before: i64) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            conn.prepare_cached("DELETE FROM attempts WHERE window_start < ?1")
+                .and_then(|mut delete| delete.execute([before]))
+                .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+                .map_err(|e| map(&e))
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))

@@ -65,6 +65,10 @@ impl BackgroundService for StoreUpkeep {
                 if let Err(e) = self.store.prune_revocations(unix_now()).await {
                     tracing::debug!(error = %e, "pruning revocations failed; will retry");
                 }
+                // Attempt counts matter for their minute and the next (the sliding estimate).
+                if let Err(e) = self.store.prune_attempts(unix_now() - 120).await {
+                    tracing::debug!(error = %e, "pruning attempt counts failed; will retry");
+                }
             }
         }
     }
