@@ -129,20 +129,38 @@ fn parse_responses(mut rest: &[u8]) -> Vec<Parsed> {
     out
 }
 
-/// Exactly one response, a 400, and the connection closed after it. `problem` when it is the
-/// gateway's own problem+json (Pingora answers framing it cannot parse with a bare 400).
+/// Exactly one response, a 400 problem+json `bad_request`, and the connection closed after it:
+/// the gateway's own refusal or Pingora's (whose bare 400 the gateway replaces on the wire,
+/// `edge::pingora_errors`).
 #[track_caller]
-fn assert_one_400(responses: &[Parsed], problem: bool, what: &str) {
+fn assert_one_400(responses: &[Parsed], what: &str) -> Value {
     let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![400], "{what}: responses {statuses:?}");
-    if problem {
-        assert!(
-            responses[0].is_problem("bad_request"),
-            "{what}: expected problem+json bad_request, got {:?} {}",
-            responses[0].headers,
-            String::from_utf8_lossy(&responses[0].body)
-        );
-    }
+    assert!(
+        responses[0].is_problem("bad_request"),
+        "{what}: expected problem+json bad_request, got {:?} {}",
+        responses[0].headers,
+        String::from_utf8_lossy(&responses[0].body)
+    );
+    serde_json::from_slice(&responses[0].body).expect("a problem document")
+}
+
+/// The detail of Pingora's refusals as the gateway answers them (`edge::pingora_errors`).
+const NOT_HTTP: &str = "The request is not valid HTTP/1.1";
+
+/// `problem` is Pingora's refusal (`pingoras`) or the gateway's own, as the case says.
+#[track_caller]
+fn assert_refused_by(problem: &Value, pingoras: bool, what: &str) {
+    assert_eq!(
+        problem["detail"] == NOT_HTTP,
+        pingoras,
+        "{what}: refused by {}: {problem}",
+        if pingoras {
+            "Pingora expected"
+        } else {
+            "the gateway expected"
+        }
+    );
 }
 
 const SMUGGLED: &str = "GET /req/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
@@ -224,7 +242,8 @@ fn repeated_content_length_is_400_whether_the_values_differ_or_not() {
     ] {
         let req = format!("POST /public/a HTTP/1.1\r\nHost: localhost\r\n{lengths}\r\n{body}");
         let r = exchange(gw.addr, req.as_bytes(), Duration::from_millis(1500));
-        assert_one_400(&r, ours, &lengths);
+        let problem = assert_one_400(&r, &lengths);
+        assert_refused_by(&problem, !ours, &lengths);
     }
     assert_never_smuggled(&gw, "smuggled");
     gw.up().assert_not_called();
@@ -274,7 +293,8 @@ fn transfer_encoding_must_be_one_chunked_coding_or_the_request_is_400() {
         );
         let r = exchange(gw.addr, req.as_bytes(), Duration::from_millis(1500));
         if refused {
-            assert_one_400(&r, ours, framing);
+            let problem = assert_one_400(&r, framing);
+            assert_refused_by(&problem, !ours, framing);
         } else {
             let statuses: Vec<u16> = r.iter().map(|p| p.status).collect();
             assert_eq!(statuses, vec![200], "{framing:?}");
@@ -369,7 +389,7 @@ fn transfer_encoding_on_http_1_0_is_400() {
         "POST /public/a HTTP/1.0\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
     );
     let r = exchange(gw.addr, req.as_bytes(), Duration::from_millis(1500));
-    assert_one_400(&r, false, "TE on HTTP/1.0");
+    assert_one_400(&r, "TE on HTTP/1.0");
     assert_never_smuggled(&gw, "smuggled");
     gw.up().assert_not_called();
 }
@@ -435,7 +455,7 @@ fn bare_lf_line_endings_are_parsed_and_checked_like_crlf() {
         b"GET /public/cr HTTP/1.1\r\nHost: localhost\r\nX-A: a\rTransfer-Encoding: chunked\r\n\r\n",
         Duration::from_millis(1500),
     );
-    assert_one_400(&r, false, "bare CR");
+    assert_one_400(&r, "bare CR");
     assert!(
         gw.up()
             .all_requests()
@@ -612,7 +632,7 @@ fn heads_beyond_pingoras_buffers_are_refused_without_a_crash() {
     }
     req.extend_from_slice(b"\r\n");
     let r = exchange(gw.addr, &req, Duration::from_millis(1500));
-    assert_one_400(&r, false, "300 header lines");
+    assert_one_400(&r, "300 header lines");
 
     let mut req = b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nX-Huge: ".to_vec();
     req.extend(std::iter::repeat_n(b'h', 2 * 1024 * 1024));
@@ -885,7 +905,7 @@ enum Outcome {
     Refused,
     /// 404, never proxied.
     NoRoute,
-    /// Pingora's own bare 400 (the target's authority is not the `Host`), never proxied.
+    /// Pingora's own 400 (the target's authority is not the `Host`), never proxied.
     AmbiguousAuthority,
     /// Treated as this protected path: 401 without a token; with the owner's token proxied as
     /// exactly this path.
@@ -929,7 +949,7 @@ fn hostile_path_spellings_reach_the_upstream_only_as_the_checked_path() {
             format!("http://localhost/public/../api/{sub}/tasks/x"),
             Outcome::Checked(protected.clone()),
         ),
-        // an absolute-form target naming another host than `Host`: Pingora's bare 400
+        // an absolute-form target naming another host than `Host`: Pingora's 400
         (
             format!("http://evil.example/public/../api/{sub}/tasks/x"),
             Outcome::AmbiguousAuthority,
@@ -1011,7 +1031,14 @@ fn hostile_path_spellings_reach_the_upstream_only_as_the_checked_path() {
             Outcome::NoRoute => {
                 assert_problem(&anon, 404, "not_found");
             }
-            Outcome::AmbiguousAuthority => assert_eq!(anon.status, 400, "{raw:?}"),
+            Outcome::AmbiguousAuthority => {
+                assert_eq!(anon.status, 400, "{raw:?}");
+                assert_eq!(
+                    anon.json()["detail"],
+                    NOT_HTTP,
+                    "{raw:?}: Pingora's, as a problem"
+                );
+            }
             Outcome::Checked(path) => {
                 assert_eq!(anon.status, 401, "{raw:?}: {}", anon.text());
                 assert_401(&anon, "missing_token", false);
@@ -1073,7 +1100,11 @@ fn control_bytes_in_the_target_are_refused_or_escaped() {
         let r = exchange(gw.addr, &req, Duration::from_millis(1500));
         let what = String::from_utf8_lossy(target).into_owned();
         match forwarded {
-            None => assert_one_400(&r, true, &what),
+            None => {
+                // Pingora escapes it as %00; the gateway's canonical path refuses that.
+                let problem = assert_one_400(&r, &what);
+                assert_refused_by(&problem, false, &what);
+            }
             Some(path) => {
                 assert_eq!(
                     r.iter().map(|p| p.status).collect::<Vec<_>>(),

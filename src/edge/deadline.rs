@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::edge::lifetime::{Gate, Lifetime};
+use crate::edge::pingora_errors::{self, Replacing};
 
 /// A stream whose reads fail with `TimedOut` once an armed deadline has passed.
 #[derive(Debug)]
@@ -48,6 +49,9 @@ pub struct HeadDeadline {
     /// The token's end, while a long-lived response of a verified identity is under way
     /// (`edge::lifetime`); locked only to arm and drop it, polled through `get_mut`.
     lifetime: Mutex<Option<Box<Lifetime>>>,
+    /// Pingora's bare 400 for a head it refused, being replaced by our problem+json
+    /// (`edge::pingora_errors`); everything Pingora writes after it is dropped.
+    replacing: Option<Box<Replacing>>,
 }
 
 impl HeadDeadline {
@@ -61,6 +65,7 @@ impl HeadDeadline {
             due: AtomicU64::new(0),
             sleep: Box::pin(tokio::time::sleep_until(start + timeout)),
             lifetime: Mutex::new(None),
+            replacing: None,
         };
         d.arm();
         d
@@ -112,6 +117,28 @@ impl HeadDeadline {
 }
 
 impl HeadDeadline {
+    /// While Pingora's bare 400 is being replaced (or when `buf` starts one: written while a
+    /// head is still due, so no gateway code has answered), our response goes out instead and
+    /// `buf` is taken as written; `None` for every other write.
+    fn replace_pingoras(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.replacing.is_none() {
+            if self.due.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            self.replacing = Some(Box::new(pingora_errors::replacement(buf)?));
+        }
+        let replacing = self.replacing.as_mut()?;
+        Some(match replacing.poll_send(cx, &mut self.inner) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        })
+    }
+
     /// Follows the written bytes through the armed lifetime's framing.
     fn wrote(&mut self, bytes: &[u8]) {
         if let Some(l) = self
@@ -172,6 +199,9 @@ impl AsyncWrite for HeadDeadline {
         if let Some(gate) = this.gate(cx) {
             return gate.map(Err);
         }
+        if let Some(replaced) = this.replace_pingoras(cx, buf) {
+            return replaced;
+        }
         let wrote = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = wrote {
             this.wrote(&buf[..n]);
@@ -187,6 +217,12 @@ impl AsyncWrite for HeadDeadline {
         let this = &mut *self;
         if let Some(gate) = this.gate(cx) {
             return gate.map(Err);
+        }
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            let total = bufs.iter().map(|b| b.len()).sum();
+            if let Some(replaced) = this.replace_pingoras(cx, first) {
+                return replaced.map_ok(|_| total);
+            }
         }
         let wrote = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(mut n)) = wrote {

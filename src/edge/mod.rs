@@ -1,6 +1,7 @@
 //! The edge: the Pingora phases (`proxy`, with the per-request state in `ctx`), the gateway
 //! one config builds and its admission decision (`gateway`), and everything only they use, in
-//! the order a request meets them: the request-head deadline (`deadline`), the framing guard
+//! the order a request meets them: the request-head deadline (`deadline`, whose stream wrapper
+//! also puts a problem in place of Pingora's bare 400: `pingora_errors`), the framing guard
 //! (`framing`), one canonical path (`crate::path`, on the ground floor because config checks
 //! route patterns with it too), the header policy (`headers`: strip, request id, credential,
 //! inject), CORS (`cors`), the route table (`routes`) and its metric handles
@@ -18,6 +19,7 @@ pub mod framing;
 pub mod gateway;
 pub mod headers;
 pub mod lifetime;
+pub mod pingora_errors;
 pub mod proxy;
 pub mod resolve;
 pub mod route_metrics;
