@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod edge;
+pub mod follow;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ops;

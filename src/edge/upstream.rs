@@ -172,32 +172,12 @@ impl std::fmt::Debug for HealthChecks {
 
 #[async_trait]
 impl BackgroundService for HealthChecks {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut balancers = self.balancers.clone();
-        let mut running: Vec<(Balancer, tokio::task::AbortHandle)> = Vec::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            let current = balancers.borrow_and_update().clone();
-            running.retain(|(b, task)| {
-                let kept = current.iter().any(|c| Arc::ptr_eq(c, b));
-                if !kept {
-                    task.abort();
-                }
-                kept
-            });
-            for b in current {
-                if !running.iter().any(|(r, _)| Arc::ptr_eq(r, &b)) {
-                    let (lb, shutdown) = (Arc::clone(&b), shutdown.clone());
-                    let task = tasks.spawn(async move { lb.start(shutdown).await });
-                    running.push((b, task));
-                }
-            }
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                changed = balancers.changed() => if changed.is_err() { break },
-            }
-            while tasks.try_join_next().is_some() {}
-        }
-        tasks.abort_all();
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let each = shutdown.clone();
+        crate::follow::one_task_each(self.balancers.clone(), shutdown, Clone::clone, |lb| {
+            let (lb, shutdown) = (Arc::clone(lb), each.clone());
+            async move { lb.start(shutdown).await }
+        })
+        .await;
     }
 }

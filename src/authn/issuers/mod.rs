@@ -369,46 +369,28 @@ pub struct JwksRefresh {
 
 #[async_trait]
 impl BackgroundService for JwksRefresh {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut issuers = self.issuers.clone();
-        let mut running: Vec<(Arc<ExternalIssuer>, tokio::task::AbortHandle)> = Vec::new();
-        let mut tasks = tokio::task::JoinSet::new();
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let each = shutdown.clone();
+        // One client for all (TLS roots loaded once), remade only when an issuer first needs
+        // https.
         let mut client: Option<fetch::Client> = None;
-        loop {
-            let current = Arc::clone(&issuers.borrow_and_update());
-            running.retain(|(i, task)| {
-                let kept = current.list.iter().any(|c| Arc::ptr_eq(c, i));
-                if !kept {
-                    task.abort();
-                }
-                kept
-            });
-            let need_tls = current.iter().any(|i| i.conf.jwks_url.tls);
+        let members = |set: &Arc<Issuers>| set.list.clone();
+        crate::follow::one_task_each(self.issuers.clone(), shutdown, members, |issuer| {
+            let need_tls = issuer.conf.jwks_url.tls;
             if client.as_ref().is_none_or(|c| need_tls && !c.has_tls()) {
                 client = Some(fetch::Client::new(need_tls).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "no TLS roots for JWKS fetches over https: they will fail");
                     fetch::Client::new(false).expect("a plain client needs nothing")
                 }));
             }
-            for i in &current.list {
-                if running.iter().any(|(r, _)| Arc::ptr_eq(r, i)) {
-                    continue;
-                }
-                let (issuer, client, shutdown) = (
-                    Arc::clone(i),
-                    client.clone().expect("made above"),
-                    shutdown.clone(),
-                );
-                let task = tasks.spawn(async move { issuer.run(client, shutdown).await });
-                running.push((Arc::clone(i), task));
-            }
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                changed = issuers.changed() => if changed.is_err() { break },
-            }
-            while tasks.try_join_next().is_some() {}
-        }
-        tasks.abort_all();
+            let (issuer, client, shutdown) = (
+                Arc::clone(issuer),
+                client.clone().expect("made above"),
+                each.clone(),
+            );
+            async move { issuer.run(client, shutdown).await }
+        })
+        .await;
     }
 }
 
