@@ -1073,3 +1073,71 @@ fn serve_with_the_public_port_taken_exits_nonzero_with_a_clear_message() {
     );
     drop(taken);
 }
+
+/// The first `serve` log line (the SQLite migration), with stderr on `stderr`: a terminal's
+/// reading end (`pty`) or a pipe.
+fn first_log_line(stderr: Stdio, pty: Option<std::fs::File>) -> String {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = VALID
+        .replace("{DIR}", &dir.path().to_string_lossy())
+        .replace("auto_migrate = false", "auto_migrate = true")
+        .replace("127.0.0.1:18080", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:19090", &format!("127.0.0.1:{}", free_port()));
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env(SECRET_ENV, SECRET)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let reader: Box<dyn std::io::Read + Send> = match pty {
+        Some(master) => Box::new(master),
+        None => Box::new(child.stderr.take().unwrap()),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if line.contains("migration") && tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let line = rx.recv_timeout(BOUND);
+    let _ = child.kill();
+    let _ = child.wait();
+    line.expect("a migration line within the bound")
+}
+
+/// CONTRACT 14: without `server.log_format`, a person at a terminal reads pretty lines and a
+/// log collector reading a pipe gets JSON.
+#[test]
+fn without_log_format_a_terminal_gets_pretty_lines_and_a_pipe_json() {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+    grantpt(&master).expect("grantpt");
+    unlockpt(&master).expect("unlockpt");
+    let name = ptsname(&master, Vec::new()).expect("ptsname");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().expect("a UTF-8 pty name"))
+        .expect("the terminal's other end");
+    let pretty = first_log_line(Stdio::from(slave), Some(std::fs::File::from(master)));
+    assert!(
+        !pretty.trim_start().starts_with('{') && pretty.contains("INFO"),
+        "a terminal: {pretty}"
+    );
+    assert!(
+        !pretty.contains("portcullis::"),
+        "no module paths: {pretty}"
+    );
+    let json = first_log_line(Stdio::piped(), None);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("a JSON line on a pipe");
+    assert_eq!(v["level"], "INFO", "{json}");
+}

@@ -713,6 +713,26 @@ fn with_the_store_down_a_cluster_wide_limit_falls_back_to_the_replicas_count() {
     );
 }
 
+/// With SQLite the store is the process's own, so `scope = "cluster"` is the replica's count
+/// (CONTRACT 14): the limit holds, and it is no fallback.
+#[test]
+fn with_sqlite_a_cluster_wide_limit_is_the_replicas_own_count() {
+    let db = Db::new(Store::Sqlite);
+    let g = Gateway::start(&config(&db.url, &limits("cluster", 2)), &[]);
+    let mail = email();
+    assert_eq!(register(&g, &mail).status, 201);
+    for _ in 0..2 {
+        assert_problem(
+            &signin(&g, &mail, "wrong-password-123"),
+            401,
+            "invalid_credentials",
+        );
+    }
+    assert_problem(&signin(&g, &mail, PASSWORD), 429, "rate_limited");
+    let m = common::get(g.admin, "/metrics", &[]).text();
+    assert!(!m.contains("portcullis_rate_limit_fallbacks_total{"), "{m}");
+}
+
 /// Sign-out through one gateway is enforced by another on the same database within a second.
 #[test]
 fn revocation_reaches_another_replica_within_one_second() {

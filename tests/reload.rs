@@ -516,3 +516,111 @@ fn an_issuer_added_by_a_reload_is_fetched_and_trusted_and_one_removed_is_dropped
         fetches.load(Relaxed)
     );
 }
+
+/// The config before and after `a_reload_changes_cors_cookie_claim_rules_limits_and_assertions`:
+/// each setting of CONTRACT 14's list that is not a route, upstream, key or issuer.
+fn settings(origin: &str, cookie: &str, role: &str, per_ip: u32, assertion: bool) -> String {
+    let mut c = TestConfig::new()
+        .default_cookie()
+        .cookie(&format!("name = \"{cookie}\""))
+        .section(&format!("[cors]\nallowed_origins = [\"{origin}\"]\n"))
+        .section(&format!(
+            "[rate_limit]\nper_ip_per_minute = {per_ip}\nfailed_signins_per_email_per_minute = 1000\n"
+        ));
+    if assertion {
+        c = c.section(
+            "[assertion]\nprivate_key_file = \"{KEYS}/ed25519.pem\"\nkid = \"assert-1\"\n",
+        );
+    }
+    c.app(&[&format!("assertion = {assertion}")])
+        .route("/api/{*rest}", "app", "required", &[])
+        .route(
+            "/admin/{*rest}",
+            "app",
+            "required",
+            &[&format!("require = {{ roles = \"{role}\" }}")],
+        )
+        .build()
+}
+
+#[test]
+fn a_reload_changes_cors_cookie_claim_rules_limits_and_assertions() {
+    let gw = Gateway::start(
+        &settings("https://a.example", "pc_old", "admin", 1000, false),
+        &[],
+    );
+    let sub = new_sub();
+    let staff = hs256(&claims_with(&sub, |c| {
+        c.insert("roles".into(), json!(["staff"]));
+    }));
+    let preflight = |origin: &str| {
+        gw.raw(&request_bytes(
+            "OPTIONS",
+            "/api/x",
+            &[("Origin", origin), ("Access-Control-Request-Method", "GET")],
+            None,
+        ))
+    };
+    let with_cookie = |name: &str| {
+        gw.get("/api/x", &[("Cookie", &format!("{name}={staff}"))])
+            .status
+    };
+    let admin = || {
+        gw.get("/admin/x", &[("Authorization", &format!("Bearer {staff}"))])
+            .status
+    };
+    let bad_signin = || {
+        gw.raw(&request_bytes(
+            "POST",
+            "/api/v1/auth/signin",
+            &[("Content-Type", "text/plain")],
+            Some(b"x"),
+        ))
+        .status
+    };
+    let asserted = || {
+        let r = gw.get("/api/x", &[("Authorization", &format!("Bearer {staff}"))]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.seen().one("x-portcullis-assertion").is_some()
+    };
+
+    assert_eq!(preflight("https://a.example").status, 204);
+    assert_eq!(preflight("https://b.example").status, 403);
+    assert_eq!(with_cookie("pc_old"), 200);
+    assert_eq!(with_cookie("pc_new"), 401);
+    assert_eq!(admin(), 403);
+    for _ in 0..5 {
+        assert_ne!(bad_signin(), 429);
+    }
+    assert!(!asserted());
+
+    rewrite(
+        &gw,
+        &settings("https://b.example", "pc_new", "staff", 3, true),
+    );
+    hangup(&gw);
+    await_reloads(&gw, "ok", 1);
+
+    assert_eq!(preflight("https://b.example").status, 204);
+    assert_eq!(
+        preflight("https://b.example").header("access-control-allow-origin"),
+        Some("https://b.example")
+    );
+    assert_eq!(preflight("https://a.example").status, 403);
+    assert_eq!(with_cookie("pc_new"), 200);
+    assert_eq!(with_cookie("pc_old"), 401);
+    assert_eq!(admin(), 200);
+    // The new limit of 3 per minute: the next attempts are refused.
+    let statuses: Vec<u16> = (0..4).map(|_| bad_signin()).collect();
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(asserted());
+    let jwks = gw.get("/.well-known/jwks.json", &[]).json();
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == "assert-1"),
+        "{jwks}"
+    );
+}

@@ -78,8 +78,8 @@ fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let result = match task.as_str() {
         "demo" => demo(&root),
-        "test" => test(&root),
-        _ => Err("usage: cargo xtask demo | cargo xtask test".to_owned()),
+        "test" => test(&root, std::env::args().skip(2).collect()),
+        _ => Err("usage: cargo xtask demo | cargo xtask test [cargo test arguments]".to_owned()),
     };
     match result {
         Ok(code) => code,
@@ -97,7 +97,9 @@ fn demo(root: &Path) -> Result<ExitCode, String> {
         .current_dir(root))
 }
 
-fn test(root: &Path) -> Result<ExitCode, String> {
+/// Sets up what the suite needs, then `cargo test --all-targets`, or `cargo test` with `args`
+/// when there are any (`cargo xtask test --test reload`).
+fn test(root: &Path, args: Vec<String>) -> Result<ExitCode, String> {
     install_missing(BUILD.iter().chain(TESTS))?;
     postgres()?;
     for dir in ["e2e", "docs/downstream", "tests/better-auth"] {
@@ -124,8 +126,14 @@ fn test(root: &Path) -> Result<ExitCode, String> {
         "pip install -r docs/downstream/requirements.txt",
     )?;
     let url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DATABASE_URL.to_owned());
+    let args = if args.is_empty() {
+        vec!["--all-targets".to_owned()]
+    } else {
+        args
+    };
     run(Command::new("cargo")
-        .args(["test", "--all-targets"])
+        .arg("test")
+        .args(args)
         .env("TEST_DATABASE_URL", url)
         .current_dir(root))
 }
@@ -184,11 +192,19 @@ fn answers(addr: &str) -> bool {
 }
 
 /// A PostgreSQL on 127.0.0.1:5432 with trust auth and a `test` database: left as it is when one
-/// answers; started when installed; installed (as root) when absent.
+/// answers; started when installed; installed (as root) when absent; `test` made when missing.
 fn postgres() -> Result<(), String> {
-    if std::env::var_os("TEST_DATABASE_URL").is_some() || answers("127.0.0.1:5432") {
+    if std::env::var_os("TEST_DATABASE_URL").is_some() {
         return Ok(());
     }
+    if !answers("127.0.0.1:5432") {
+        start_postgres()?;
+    }
+    test_database()
+}
+
+/// Starts the installed cluster, installing PostgreSQL first when there is none.
+fn start_postgres() -> Result<(), String> {
     let clusters = || {
         std::fs::read_dir("/etc/postgresql")
             .ok()
@@ -217,16 +233,39 @@ fn postgres() -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let _ = Command::new("psql")
+    Ok(())
+}
+
+/// The `test` database, made unless it is there.
+fn test_database() -> Result<(), String> {
+    let has_test = Command::new("psql")
         .args([
             "-h",
             "127.0.0.1",
             "-U",
             "postgres",
-            "-tc",
-            "CREATE DATABASE test",
+            "-d",
+            "postgres",
+            "-tAc",
         ])
-        .status();
+        .arg("SELECT 1 FROM pg_database WHERE datname = 'test'")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1");
+    if !has_test {
+        step(
+            Command::new("psql").args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE test",
+            ]),
+            "creating the test database",
+        )?;
+    }
     Ok(())
 }
 
