@@ -709,6 +709,18 @@ impl Session {
         }
     }
 
+    /// Ends an HTTP/2 response when `end` resolves (see
+    /// [`SessionV2::end_response_when`]); `false`, and `end` dropped, for other protocols.
+    pub fn end_response_when(&mut self, end: crate::protocols::http::v2::server::EndWhen) -> bool {
+        match self {
+            Self::H2(s) => {
+                s.end_response_when(end);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn as_http1(&self) -> Option<&SessionV1> {
         match self {
             Self::H1(s) => Some(s),

@@ -291,7 +291,19 @@ pub struct HttpSession {
     pub write_timeout: Option<Duration>,
     // How long to wait when draining (discarding) request body
     total_drain_timeout: Option<Duration>,
+    // Ends the response when it resolves (see `end_response_when`). Shared with the
+    // `read_body_or_idle` future polling it, which the proxy may drop at any await: the
+    // session keeps it whatever happens to that future. Locked only by this stream's task.
+    end_when: Option<Arc<std::sync::Mutex<EndWhen>>>,
+    // The response was ended by `end_when`: body data still on its way is dropped quietly.
+    cut: bool,
 }
+
+/// A future that ends a response: see [`HttpSession::end_response_when`].
+pub type EndWhen = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The context of the error `read_body_or_idle` returns once [`EndWhen`] has ended the response.
+pub const ENDED_BY_END_WHEN: &str = "the response was ended by end_response_when";
 
 /// The outcome of accepting the next event on an HTTP/2 downstream connection.
 ///
@@ -499,6 +511,8 @@ impl HttpSession {
             digest,
             write_timeout: None,
             total_drain_timeout: None,
+            end_when: None,
+            cut: false,
         })))
     }
 
@@ -677,6 +691,10 @@ impl HttpSession {
     }
 
     async fn do_write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
+        if self.ended && self.cut {
+            debug!("response ended by end_response_when: dropping the body data still coming");
+            return Ok(());
+        }
         if self.ended {
             // NOTE: in h1, we also track to see if content-length matches the data
             // We have not tracked that in h2
@@ -913,7 +931,62 @@ impl HttpSession {
 
     /// Similar to `read_body_bytes()` but will be pending after Ok(None) is returned,
     /// until the client closes the connection
+    ///
+    /// With [`Self::end_response_when`] armed, its future is raced against the read: once it
+    /// resolves, the response is ended and this returns an error, so the proxy stops.
     pub async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
+        let Some(end) = self.end_when.clone() else {
+            return self.read_body_or_idle_unarmed(no_body_expected).await;
+        };
+        let read = {
+            let ends = std::future::poll_fn(|cx| {
+                end.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_mut()
+                    .poll(cx)
+            });
+            tokio::select! {
+                biased;
+                () = ends => None,
+                read = self.read_body_or_idle_unarmed(no_body_expected) => Some(read),
+            }
+        };
+        let Some(read) = read else {
+            self.end_when = None;
+            // The response is complete already: nothing to end (a request body may still come).
+            if self.ended {
+                return self.read_body_or_idle_unarmed(no_body_expected).await;
+            }
+            self.end_response_now();
+            return Error::e_explain(ErrorType::H2Error, ENDED_BY_END_WHEN);
+        };
+        read
+    }
+
+    /// Ends this stream's response when `end` resolves, while the proxy waits on the client
+    /// (`read_body_or_idle`): with END_STREAM when the response head is out, with RST_STREAM
+    /// (CANCEL) when it is not. For responses that outlive a condition of their own (a
+    /// streamed response whose credential expires), at no cost to those that never arm it.
+    pub fn end_response_when(&mut self, end: EndWhen) {
+        self.end_when = Some(Arc::new(std::sync::Mutex::new(end)));
+    }
+
+    fn end_response_now(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.cut = true;
+        if self.send_response_body.is_some() {
+            if let Err(e) = self.finish() {
+                debug!("could not end the h2 response: {e}");
+            }
+        } else {
+            self.send_response.send_reset(h2::Reason::CANCEL);
+            self.ended = true;
+        }
+    }
+
+    async fn read_body_or_idle_unarmed(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
         if no_body_expected || self.is_body_done() {
             let reason = self.idle().await?;
             Error::e_explain(
