@@ -1,8 +1,9 @@
 //! Long-lived connections end with their token (CONTRACT 13), black-box: the real gateway in
 //! front of an upstream started here that speaks WebSocket (tungstenite, echoing) and
 //! Server-Sent Events (an event every 100 ms, chunked), and real clients: tungstenite's
-//! WebSocket client, and a raw HTTP/1.1 reader of the event stream. Tokens expire a few
-//! seconds in (`leeway_secs = 0`), or are signed out.
+//! WebSocket client, a raw HTTP/1.1 reader of the event stream, and `curl --http2` reading it
+//! over TLS (HTTP/2 by ALPN). Tokens expire a few seconds in (`leeway_secs = 0`), or are
+//! signed out.
 
 mod common;
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::config::TestConfig;
 use common::db::{Db, Store};
+use common::tls::{Cert, curl_base, run_tool};
 use common::*;
 use serde_json::json;
 
@@ -71,11 +73,16 @@ fn gateway() -> Gateway {
 
 /// [`gateway`] in front of `up`, on the store at `store` (SQLite of its own when `None`).
 fn gateway_on(up: SocketAddr, store: Option<&str>) -> Gateway {
+    Gateway::start(&config_on(up, store).build(), &[])
+}
+
+/// The config of [`gateway_on`].
+fn config_on(up: SocketAddr, store: Option<&str>) -> TestConfig {
     let mut config = TestConfig::new();
     if let Some(url) = store {
         config = config.store(url);
     }
-    let config = config
+    config
         .tokens(
             r#"[tokens]
 algorithm = "HS256"
@@ -93,8 +100,6 @@ leeway_secs = 0
         .route("/ws", "live", "required", &[])
         .route("/events", "live", "required", &[])
         .route("/open/{*rest}", "live", "public", &[])
-        .build();
-    Gateway::start(&config, &[])
 }
 
 /// A token of a fresh user expiring `secs` from now.
@@ -165,6 +170,18 @@ fn instant_of(exp: u64) -> Instant {
         .as_millis();
     let left = u128::from(exp) * 1000 - now_ms.min(u128::from(exp) * 1000);
     Instant::now() + Duration::from_millis(u64::try_from(left).unwrap())
+}
+
+/// An end by the token is the gateway's own doing: counted, never an error or warning line.
+#[track_caller]
+fn assert_not_logged_as_a_failure(gw: &Gateway) {
+    thread::sleep(Duration::from_millis(100)); // the log writer's batch
+    let log = gw.stderr();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Fail to proxy") || l.contains("after end of stream"))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 fn closed(gw: &Gateway, reason: &str) -> u64 {
@@ -342,6 +359,7 @@ fn an_event_stream_ends_with_its_last_chunk_when_its_token_expires() {
         &text[text.len().saturating_sub(40)..]
     );
     assert_eq!(closed(&gw, "expired"), 1);
+    assert_not_logged_as_a_failure(&gw);
 }
 
 #[test]
@@ -357,5 +375,188 @@ fn connections_without_identity_or_with_a_length_are_not_ended() {
     while started.elapsed() < Duration::from_millis(1500) {
         assert!(s.read(&mut buf).unwrap() > 0, "the public stream flows");
     }
+    assert_eq!(closed(&gw, "expired") + closed(&gw, "revoked"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2: each stream is ended by its session (END_STREAM), the connection and its other
+// streams carry on.
+// ---------------------------------------------------------------------------------------------
+
+/// A TLS gateway (HTTP/2 by ALPN) in front of a fresh [`upstream`].
+fn h2_gateway(cert: &Cert) -> Gateway {
+    let config = config_on(upstream(), None)
+        .server("grace_period_secs = 0")
+        .server_table("[server.tls]\ncert_file = \"{CERT}\"\nkey_file = \"{KEY}\"\n")
+        .build();
+    Gateway::start_with(&config, &[], &cert.vars(&cert.key()))
+}
+
+fn https(gw: &Gateway, path: &str) -> String {
+    format!("https://localhost:{}{path}", gw.addr.port())
+}
+
+/// `curl --http2` POSTing `body` to `path` with `headers`: the response body.
+fn h2_post(gw: &Gateway, cert: &Cert, path: &str, headers: &[&str], body: &str) -> String {
+    let mut args = curl_base(gw.addr.port(), cert);
+    args.extend(
+        [
+            "--http2",
+            "--fail-with-body",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+        ]
+        .map(str::to_owned),
+    );
+    for h in headers {
+        args.extend(["-H".to_owned(), (*h).to_owned()]);
+    }
+    args.extend(["--data-binary".to_owned(), body.to_owned(), https(gw, path)]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_tool("curl", &args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{path}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A streamed response read by `curl --http2 -N` until it ends (at most 15 s).
+struct H2Stream {
+    child: std::process::Child,
+    ended: std::sync::mpsc::Receiver<(Instant, String)>,
+}
+
+impl H2Stream {
+    fn open(gw: &Gateway, cert: &Cert, path: &str, token: &str) -> H2Stream {
+        let mut args = curl_base(gw.addr.port(), cert);
+        args.extend(
+            [
+                "--http2",
+                "-N",
+                "--max-time",
+                "15",
+                "-w",
+                "\n%{http_version} %{exitcode}",
+            ]
+            .map(str::to_owned),
+        );
+        args.extend([
+            "-H".to_owned(),
+            format!("authorization: Bearer {token}"),
+            https(gw, path),
+        ]);
+        let mut child = std::process::Command::new("curl")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the HTTP/2 tests need curl (apt-get install -y curl)");
+        let mut out = child.stdout.take().unwrap();
+        let (tx, ended) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The body comes first, then curl's own line: the body's end is the first read
+            // carrying that line; EOF comes when curl exits.
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let _ = tx.send((Instant::now(), String::from_utf8_lossy(&got).into_owned()));
+        });
+        H2Stream { child, ended }
+    }
+
+    /// Waits for the end: when, the body, and curl's `HTTP-version exit-code` line.
+    fn ended(mut self, within: Duration) -> (Instant, String, String) {
+        let (at, text) = self.ended.recv_timeout(within).unwrap_or_else(|_| {
+            let _ = self.child.kill();
+            panic!("the HTTP/2 stream was not ended within {within:?}")
+        });
+        let _ = self.child.wait();
+        let (body, tail) = text.rsplit_once('\n').unwrap_or_default();
+        (at, body.to_owned(), tail.to_owned())
+    }
+
+    fn still_flowing(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn an_http2_event_stream_ends_with_end_stream_when_its_token_expires() {
+    let cert = Cert::generate();
+    let gw = h2_gateway(&cert);
+    let (token, exp) = expiring_in(2);
+    let (forever, _) = expiring_in(3600);
+    let stream = H2Stream::open(&gw, &cert, "/events", &token);
+    let mut other = H2Stream::open(&gw, &cert, "/events", &forever);
+    let expires = instant_of(exp);
+    let (at, body, curl) = stream.ended(Duration::from_secs(10));
+    let late = at.saturating_duration_since(expires);
+    eprintln!("HTTP/2 event stream ended {late:?} after exp");
+    assert!(at + Duration::from_millis(50) >= expires, "not before exp");
+    assert!(late < Duration::from_secs(1), "{late:?}");
+    // HTTP/2, exit code 0: the stream ended cleanly (a reset would be curl's 92).
+    assert_eq!(curl, "2 0", "{body}");
+    assert!(body.contains("data: 5"), "events flowed: {body}");
+    assert_eq!(closed(&gw, "expired"), 1);
+    assert!(
+        other.still_flowing(),
+        "a stream of a token still valid flows on"
+    );
+    assert_not_logged_as_a_failure(&gw);
+}
+
+#[test]
+fn an_http2_event_stream_ends_when_its_user_signs_out() {
+    let cert = Cert::generate();
+    let gw = h2_gateway(&cert);
+    let email = format!("{}@example.test", &new_sub()[..8]);
+    let creds = json!({"email": email, "password": "correct horse battery"}).to_string();
+    let registered: serde_json::Value =
+        serde_json::from_str(&h2_post(&gw, &cert, "/api/v1/auth/register", &[], &creds)).unwrap();
+    let token = registered["token"].as_str().unwrap().to_owned();
+    let stream = H2Stream::open(&gw, &cert, "/events", &token);
+    thread::sleep(Duration::from_millis(500));
+    // From before the sign-out request (curl's start and TLS handshake included): an upper bound.
+    let signed_out = Instant::now();
+    h2_post(
+        &gw,
+        &cert,
+        "/api/v1/auth/signout",
+        &[&format!("authorization: Bearer {token}")],
+        "",
+    );
+    let (at, body, curl) = stream.ended(Duration::from_secs(5));
+    let late = at.saturating_duration_since(signed_out);
+    eprintln!("HTTP/2 event stream ended {late:?} after the sign-out request began");
+    assert!(late < Duration::from_secs(1), "{late:?}");
+    assert_eq!(curl, "2 0", "{body}");
+    assert!(body.contains("data: 1"), "events flowed: {body}");
+    assert_eq!(closed(&gw, "revoked"), 1);
+}
+
+#[test]
+fn a_public_http2_event_stream_is_not_ended() {
+    let cert = Cert::generate();
+    let gw = h2_gateway(&cert);
+    let mut stream = H2Stream::open(&gw, &cert, "/open/events", "none");
+    thread::sleep(Duration::from_millis(1500));
+    assert!(stream.still_flowing());
     assert_eq!(closed(&gw, "expired") + closed(&gw, "revoked"), 0);
 }

@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use common::config::TestConfig;
+use common::tls::{Cert, curl_base, run_tool};
 use common::{Gateway, Seen};
 use serde_json::Value;
 
@@ -32,95 +32,6 @@ fn config() -> String {
 // ---------------------------------------------------------------------------------------------
 // tools
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a tool, failing the test with an install hint when it is missing.
-fn run_tool(tool: &str, args: &[&str]) -> Output {
-    Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "the TLS tests need the `{tool}` command line tool ({e}); install it \
-                 (Debian/Ubuntu: apt-get install -y curl openssl)"
-            )
-        })
-}
-
-fn openssl(args: &[&str]) {
-    let out = run_tool("openssl", args);
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed P-256 certificate for `localhost` and 127.0.0.1 and its PKCS#8 key.
-struct Cert {
-    dir: tempfile::TempDir,
-}
-
-impl Cert {
-    fn generate() -> Cert {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &p("generated.key"),
-            "-out",
-            &p("cert.pem"),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ]);
-        openssl(&[
-            "pkcs8",
-            "-topk8",
-            "-nocrypt",
-            "-in",
-            &p("generated.key"),
-            "-out",
-            &p("key.pem"),
-        ]);
-        let key = std::fs::read_to_string(p("key.pem")).unwrap();
-        assert!(
-            key.contains("-----BEGIN PRIVATE KEY-----"),
-            "openssl pkcs8 -topk8 must write a PKCS#8 key"
-        );
-        Cert { dir }
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("cert.pem")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("key.pem")
-    }
-
-    fn vars(&self, key: &Path) -> Vec<(&'static str, String)> {
-        vec![
-            ("CERT", self.cert().to_string_lossy().into_owned()),
-            ("KEY", key.to_string_lossy().into_owned()),
-        ]
-    }
-}
 
 fn start(cert: &Cert) -> Gateway {
     Gateway::start_with(&config(), &[], &cert.vars(&cert.key()))
@@ -173,32 +84,26 @@ fn curl_url(url: &str, port: u16, cert: &Cert, protocol: &str, headers: &[&str])
     let out_dir = tempfile::tempdir().unwrap();
     let head_file = out_dir.path().join("headers");
     let body_file = out_dir.path().join("body");
-    let resolve = format!("localhost:{port}:127.0.0.1");
-    let cacert = cert.cert().to_string_lossy().into_owned();
-    let mut args = vec![
-        "-q", // ignore any ~/.curlrc
-        "-sS",
+    let mut args = curl_base(port, cert);
+    for a in [
         protocol,
-        "--noproxy",
-        "*",
         "--max-time",
         "15",
-        "--cacert",
-        &cacert,
-        "--resolve",
-        &resolve,
         "-D",
         head_file.to_str().unwrap(),
         "-o",
         body_file.to_str().unwrap(),
         "-w",
         "%{http_version} %{http_code}",
-    ];
-    for h in headers {
-        args.push("-H");
-        args.push(h);
+    ] {
+        args.push(a.to_owned());
     }
-    args.push(url);
+    for h in headers {
+        args.push("-H".to_owned());
+        args.push((*h).to_owned());
+    }
+    args.push(url.to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run_tool("curl", &args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let (version, code) = stdout

@@ -46,6 +46,35 @@ pub fn is_long_lived(response: &pingora::http::ResponseHeader, method: &http::Me
         || response.headers.contains_key(http::header::CONTENT_LENGTH))
 }
 
+/// The cause of the read or write error an HTTP/1 connection ended by its token gets.
+#[derive(Debug)]
+struct Ended(Reason);
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Reason::Revoked => "the token was revoked",
+            Reason::Expired => "the token expired",
+        })
+    }
+}
+
+impl std::error::Error for Ended {}
+
+/// Did the proxy stop because the gateway ended the connection (HTTP/1) or stream (HTTP/2) with
+/// its token? Then it is no failure: counted in the metric, not logged as an error.
+pub fn ended_by_token(e: &pingora::Error) -> bool {
+    let root = e.root_cause();
+    if let Some(io) = root.downcast_ref::<io::Error>() {
+        return io
+            .get_ref()
+            .is_some_and(<dyn std::error::Error + Send + Sync>::is::<Ended>);
+    }
+    root.downcast_ref::<pingora::Error>()
+        .and_then(|e| e.context.as_ref())
+        .is_some_and(|c| c.as_str() == pingora::protocols::http::v2::server::ENDED_BY_END_WHEN)
+}
+
 /// Longest the gateway tries to write its closing bytes to a client that is not reading.
 pub const GRACE: Duration = Duration::from_secs(1);
 
@@ -62,6 +91,14 @@ impl Reason {
             Self::Expired => "expired",
             Self::Revoked => "revoked",
         }
+    }
+
+    /// The metric and the debug line of an end.
+    fn count(self) {
+        crate::ops::metrics::CONNECTIONS_CLOSED
+            .with_label_values(&[self.as_str()])
+            .inc();
+        tracing::debug!(reason = self.as_str(), "long-lived connection ended");
     }
 
     fn close_frame(self) -> Vec<u8> {
@@ -367,6 +404,18 @@ impl Lifetime {
         }
     }
 
+    /// For an HTTP/2 stream, which has no bytes of its own to follow: resolves (and is
+    /// counted) when the token expires or is revoked, and the h2 session ends the response
+    /// there with END_STREAM (`SessionV2::end_response_when`, vendor/README.md patch 3).
+    pub fn ended(mut self) -> impl Future<Output = ()> + Send {
+        std::future::poll_fn(move |cx| {
+            self.due(cx).map_or(Poll::Pending, |reason| {
+                reason.count();
+                Poll::Ready(())
+            })
+        })
+    }
+
     /// Bytes the response wrote (followed through its framing).
     pub fn wrote(&mut self, bytes: &[u8]) {
         if matches!(self.state, State::Open) {
@@ -384,10 +433,7 @@ impl Lifetime {
             let Some(reason) = self.due(cx) else {
                 return Gate::Open;
             };
-            crate::ops::metrics::CONNECTIONS_CLOSED
-                .with_label_values(&[reason.as_str()])
-                .inc();
-            tracing::debug!(reason = reason.as_str(), "long-lived connection ended");
+            reason.count();
             self.state = State::Ending {
                 reason,
                 bytes: self.framing.closing(reason),
@@ -420,11 +466,11 @@ impl Lifetime {
 
     /// The error every read and write gets once the connection has ended.
     pub fn error(&self) -> io::Error {
-        let why = match self.state {
-            State::Ended(Reason::Revoked) => "the token was revoked",
-            _ => "the token expired",
+        let reason = match self.state {
+            State::Ended(Reason::Revoked) => Reason::Revoked,
+            _ => Reason::Expired,
         };
-        io::Error::new(io::ErrorKind::ConnectionAborted, why)
+        io::Error::new(io::ErrorKind::ConnectionAborted, Ended(reason))
     }
 
     /// Has the token expired or been revoked? Registers for the wake-ups when not.

@@ -235,15 +235,23 @@ impl ProxyHttp for Edge {
         gw.decorate(response, session.req_header(), ctx);
         // An upgraded connection or a streamed response of a verified identity ends with its
         // token (`lifetime`); ordinary responses never arm anything.
+        // HTTP/1 follows the connection's bytes (its stream wrapper), an HTTP/2 stream is ended
+        // by its session.
         if let Some(who) = &ctx.identity
             && crate::edge::lifetime::is_long_lived(response, &session.req_header().method)
-            && let Some(d) = HeadDeadline::of(session.as_downstream().stream())
         {
-            d.live_until(crate::edge::lifetime::Lifetime::new(
+            let lifetime = crate::edge::lifetime::Lifetime::new(
                 who,
                 gw.auth.keys.leeway_secs,
                 &gw.auth.revocations,
-            ));
+            );
+            if let Some(d) = HeadDeadline::of(session.as_downstream().stream()) {
+                d.live_until(lifetime);
+            } else {
+                session
+                    .as_downstream_mut()
+                    .end_response_when(Box::pin(lifetime.ended()));
+            }
         }
         Ok(())
     }
@@ -283,6 +291,11 @@ impl ProxyHttp for Edge {
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default();
         format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Exchange, e: &Error) -> bool {
+        // A long-lived connection ended by its token: the gateway's own doing, not a failure.
+        crate::edge::lifetime::ended_by_token(e)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, x: &mut Exchange) {

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod db;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
