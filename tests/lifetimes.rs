@@ -1,6 +1,6 @@
 //! Long-lived connections end with their token (CONTRACT 13), black-box: the real gateway in
 //! front of an upstream started here that speaks WebSocket (tungstenite, echoing) and
-//! Server-Sent Events (an event every 100 ms, chunked), and real clients: tungstenite's
+//! Server-Sent Events (an event every 100 ms, chunked; or as fast as it is read), and real clients: tungstenite's
 //! WebSocket client, a raw HTTP/1.1 reader of the event stream, and `curl --http2` reading it
 //! over TLS (HTTP/2 by ALPN). Tokens expire a few seconds in (`leeway_secs = 0`), or are
 //! signed out.
@@ -56,6 +56,12 @@ fn serve(s: TcpStream) {
     if s.write_all(head.as_bytes()).is_err() {
         return;
     }
+    if peek[..n].starts_with(b"GET /flood") {
+        // As fast as the reader takes it: 16 KiB chunks until the connection breaks.
+        let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+        while s.write_all(chunk.as_bytes()).is_ok() {}
+        return;
+    }
     for i in 0.. {
         let event = format!("data: {i}\n\n");
         let chunk = format!("{:x}\r\n{event}\r\n", event.len());
@@ -99,6 +105,7 @@ leeway_secs = 0
         .upstream("live", &format!("\"{up}\""), &[])
         .route("/ws", "live", "required", &[])
         .route("/events", "live", "required", &[])
+        .route("/flood", "live", "required", &[])
         .route("/open/{*rest}", "live", "public", &[])
 }
 
@@ -360,6 +367,87 @@ fn an_event_stream_ends_with_its_last_chunk_when_its_token_expires() {
     );
     assert_eq!(closed(&gw, "expired"), 1);
     assert_not_logged_as_a_failure(&gw);
+}
+
+/// Another issuer's token (EdDSA by JWKS) has no revocation here, but its expiry holds.
+#[test]
+fn a_websocket_of_another_issuers_token_is_closed_when_it_expires() {
+    let (jwks, _) = ed25519_jwks_server("ext1");
+    let config = config_on(upstream(), None)
+        .section(&format!(
+            "[[issuer]]\nname = \"ext\"\njwks_url = \"{jwks}\"\nissuer = \"https://ext.example\"\n\
+             audience = \"ext-aud\"\n"
+        ))
+        .build();
+    let gw = Gateway::start(&config, &[]);
+    gw.wait_ready(Duration::from_secs(5), "the issuer's first fetch");
+    let exp = u64::try_from(now()).unwrap() + 2;
+    let token = sign_pem(
+        jsonwebtoken::Algorithm::EdDSA,
+        "ed25519.pem",
+        Some("ext1"),
+        &claims_with(&new_sub(), |c| {
+            c.insert("iss".into(), json!("https://ext.example"));
+            c.insert("aud".into(), json!("ext-aud"));
+            c.insert("exp".into(), json!(exp));
+            c.remove("jti");
+        }),
+    );
+    let mut ws = websocket(&gw, &token);
+    let expires = instant_of(exp);
+    let (at, frame) = echo_until_closed(&mut ws, Duration::from_secs(10));
+    let late = at.saturating_duration_since(expires);
+    eprintln!("external token's websocket closed {late:?} after exp");
+    assert!(at + Duration::from_millis(50) >= expires, "not before exp");
+    assert!(late < Duration::from_secs(1), "{late:?}");
+    let frame = frame.expect("a close frame");
+    assert_eq!(frame.reason.as_str(), "token expired");
+    assert_eq!(closed(&gw, "expired"), 1);
+}
+
+/// A client that has stopped reading (its buffers full of a fast stream) cannot take the
+/// closing bytes: it is disconnected all the same, within the grace of a second.
+#[test]
+fn a_client_that_stops_reading_is_still_disconnected_at_expiry() {
+    let gw = gateway();
+    let (token, exp) = expiring_in(2);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let req = format!("GET /flood HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {token}\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Not a byte read until well after exp + the grace.
+    let expires = instant_of(exp);
+    thread::sleep(expires.saturating_duration_since(Instant::now()) + Duration::from_millis(1500));
+    assert_eq!(closed(&gw, "expired"), 1, "ended at exp");
+    // What was buffered drains, then the connection is over: EOF or a reset, never a hang.
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut drained = 0usize;
+    let bound = Instant::now() + Duration::from_secs(3);
+    loop {
+        assert!(
+            Instant::now() < bound,
+            "still flowing after {drained} bytes: the connection was never ended"
+        );
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "the connection was left open after {drained} bytes: {e}"
+                );
+                break;
+            }
+        }
+    }
+    eprintln!("a client that stopped reading: {drained} bytes were buffered, then the end");
+    assert!(drained > 0, "the stream had filled the buffers");
 }
 
 #[test]

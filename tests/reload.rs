@@ -443,36 +443,11 @@ fn keys_rotate_by_reload_and_tokens_of_the_previous_key_stay_valid_until_it_is_d
     assert_eq!(jwks_kids(&gw), ["new"]);
 }
 
-/// A JWKS endpoint serving the fixture Ed25519 key as `ext1`, counting its fetches.
-fn jwks_server() -> (String, Arc<AtomicU64>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-    let fetches = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&fetches);
-    let x = b64url(&ed25519_raw_public("ed25519.pub.pem"));
-    let body =
-        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ext1", "alg": "EdDSA", "x": x}]})
-            .to_string();
-    thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let _ = std::io::Read::read(&mut s, &mut buf);
-            counted.fetch_add(1, Relaxed);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (url, fetches)
-}
-
 /// Issuers follow reloads: one added by a reload gets its refresher (its tokens pass, readiness
 /// waits for its first fetch), one removed by a reload stops being fetched and trusted.
 #[test]
 fn an_issuer_added_by_a_reload_is_fetched_and_trusted_and_one_removed_is_dropped() {
-    let (jwks, fetches) = jwks_server();
+    let (jwks, fetches) = ed25519_jwks_server("ext1");
     let gw = Gateway::start(&base().build(), &[]);
     let external = sign_pem(
         Algorithm::EdDSA,

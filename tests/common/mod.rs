@@ -1102,3 +1102,29 @@ pub fn run_bin(
         std::fs::read_to_string(&err_path).unwrap_or_default(),
     )
 }
+
+/// A JWKS server at `http://127.0.0.1:<port>/jwks` publishing `ed25519.pub.pem` as `kid`
+/// (EdDSA): its URL and how many fetches it has answered.
+pub fn ed25519_jwks_server(kid: &str) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let fetches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&fetches);
+    let x = b64url(&ed25519_raw_public("ed25519.pub.pem"));
+    let body =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA", "x": x}]})
+            .to_string();
+    thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, fetches)
+}
