@@ -697,6 +697,44 @@ fn a_key_rotated_right_after_start_or_in_steady_state_is_trusted_on_its_first_re
     assert_eq!(bearer(&gw, "/req/x", &no_kid).status, 200);
 }
 
+/// A forward-auth ask (nginx `auth_request`, Traefik, Envoy) is admitted like a proxied
+/// request: a kid rotated in waits for the one refetch, then is allowed with its identity.
+#[test]
+fn a_forward_auth_ask_with_a_rotated_kid_waits_for_the_refetch_and_is_allowed() {
+    let ba = JwksServer::start(jwks(&[k1()]));
+    let gw = gateway_with(
+        &ba.url(),
+        3600,
+        30,
+        "[forward_auth]\nenabled = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    );
+    wait_ready(&gw);
+    ba.set(jwks(&[rotated("fa-2"), k1()]));
+    let before = ba.fetches();
+    let token = ed_token("ed25519.pem", "fa-2", &ba_claims("u1"));
+    let sent = Instant::now();
+    let r = gw.get(
+        "/_portcullis/auth/traefik",
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "app.example.test"),
+            ("X-Forwarded-Uri", "/req/x"),
+            ("Authorization", &format!("Bearer {token}")),
+        ],
+    );
+    let waited = sent.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-user-id"), Some("u1"));
+    assert_eq!(ba.fetches() - before, 1, "one refetch for the new kid");
+    assert_eq!(kid_waits(&gw, "found"), 1);
+    assert!(
+        waited < Duration::from_millis(400),
+        "within timeout_ms: {waited:?}"
+    );
+    gw.up().assert_not_called();
+}
+
 #[test]
 fn with_the_jwks_down_or_hung_a_new_kid_waits_at_most_timeout_ms_then_401() {
     let mut ba = JwksServer::start(jwks(&[k1()]));
