@@ -245,10 +245,16 @@ fn add_edge_listener(
 ) -> Result<(), String> {
     use pingora::listeners::{L4BufferSettings, ListenerConfig};
     // Pingora gives every connection a 64 KiB read buffer, held for as long as an idle
-    // keep-alive connection lives: 8 KiB still reads a request header in one call and keeps
-    // 1000 idle connections small (docs/PERFORMANCE.md).
+    // keep-alive connection lives. Plain HTTP reads straight into the session's own header
+    // and body buffers (none: one copy and 8 KiB per connection less); TLS keeps 8 KiB under
+    // rustls, which reads record by record (docs/PERFORMANCE.md, optimisations 1 and 18).
+    let read = if config.tls.is_some() {
+        DOWNSTREAM_TLS_READ_BUFFER
+    } else {
+        0
+    };
     let mut listener = ListenerConfig::tcp(config.listen.to_string())
-        .l4_buffer(L4BufferSettings::default().read(DOWNSTREAM_READ_BUFFER));
+        .l4_buffer(L4BufferSettings::default().read(read));
     if let Some(tls) = &config.tls {
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
         let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
@@ -298,8 +304,8 @@ fn on_temporary_runtime<T>(
         .block_on(work)
 }
 
-/// Read buffer per downstream connection (see `add_edge_listener`).
-const DOWNSTREAM_READ_BUFFER: usize = 8 * 1024;
+/// Read buffer per downstream TLS connection (see `add_edge_listener`).
+const DOWNSTREAM_TLS_READ_BUFFER: usize = 8 * 1024;
 
 /// How long `serve` waits for the store to take its migrations before serving without it.
 const MIGRATE_AT_START_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
