@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::config::TestConfig;
+use common::tls::openssl;
 use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
@@ -1153,18 +1154,6 @@ fn signout_and_me_refuse_an_external_token_with_403() {
 // ---------------------------------------------------------------------------------------------
 // https
 // ---------------------------------------------------------------------------------------------
-
-fn openssl(args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("`openssl` must be installed (apt-get install -y openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A test CA, a server certificate it signed for `localhost` / 127.0.0.1, and an unrelated CA.
 struct Pki {

@@ -238,35 +238,32 @@ fn start_postgres() -> Result<(), String> {
 
 /// The `test` database, made unless it is there.
 fn test_database() -> Result<(), String> {
-    let has_test = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-tAc",
-        ])
-        .arg("SELECT 1 FROM pg_database WHERE datname = 'test'")
+    let has_test = psql("-tAc", "SELECT 1 FROM pg_database WHERE datname = 'test'")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1");
-    if !has_test {
-        step(
-            Command::new("psql").args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                "CREATE DATABASE test",
-            ]),
-            "creating the test database",
-        )?;
+    if has_test {
+        return Ok(());
     }
-    Ok(())
+    step(
+        &mut psql("-c", "CREATE DATABASE test"),
+        "creating the test database",
+    )
+}
+
+/// `psql` as the tests' superuser on 127.0.0.1, running `sql` with `flag` (`-c`, `-tAc`).
+fn psql(flag: &str, sql: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        flag,
+        sql,
+    ]);
+    cmd
 }
 
 /// Local connections trusted in a cluster this task just installed.
