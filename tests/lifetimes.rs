@@ -189,6 +189,12 @@ fn assert_not_logged_as_a_failure(gw: &Gateway) {
         .filter(|l| l.contains("Fail to proxy") || l.contains("after end of stream"))
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
+    // Nor an error response the gateway made (a 400 where the stream already ended).
+    let metrics = get(gw.admin, "/metrics", &[]).text();
+    assert!(
+        !metrics.contains("portcullis_rejections_total{"),
+        "{metrics}"
+    );
 }
 
 fn closed(gw: &Gateway, reason: &str) -> u64 {

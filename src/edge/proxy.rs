@@ -263,7 +263,9 @@ impl ProxyHttp for Edge {
         x: &mut Exchange,
     ) -> FailToProxy {
         let Exchange { gateway: gw, ctx } = x;
-        let Some(problem) = Problem::of_proxy_error(e) else {
+        // A stream the gateway ended with its token has had its response: nothing to answer.
+        let ended = crate::edge::lifetime::ended_by_token(e);
+        let Some(problem) = Problem::of_proxy_error(e).filter(|_| !ended) else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
