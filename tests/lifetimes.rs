@@ -519,18 +519,23 @@ fn h2_post(gw: &Gateway, cert: &Cert, path: &str, headers: &[&str], body: &str) 
     text
 }
 
-/// A streamed response read by `curl --http2 -N` until it ends (at most 15 s).
-struct H2Stream {
+/// A streamed response read over TLS by `curl -N` until it ends (at most 15 s): HTTP/2 by
+/// ALPN ([`TlsStream::open`]), or HTTP/1.1 ([`TlsStream::open_with`]).
+struct TlsStream {
     child: std::process::Child,
     ended: std::sync::mpsc::Receiver<(Instant, String)>,
 }
 
-impl H2Stream {
-    fn open(gw: &Gateway, cert: &Cert, path: &str, token: &str) -> H2Stream {
+impl TlsStream {
+    fn open(gw: &Gateway, cert: &Cert, path: &str, token: &str) -> TlsStream {
+        Self::open_with(gw, cert, "--http2", path, token)
+    }
+
+    fn open_with(gw: &Gateway, cert: &Cert, protocol: &str, path: &str, token: &str) -> TlsStream {
         let mut args = curl_base(gw.addr.port(), cert);
         args.extend(
             [
-                "--http2",
+                protocol,
                 "-N",
                 "--max-time",
                 "15",
@@ -566,7 +571,7 @@ impl H2Stream {
             }
             let _ = tx.send((Instant::now(), String::from_utf8_lossy(&got).into_owned()));
         });
-        H2Stream { child, ended }
+        TlsStream { child, ended }
     }
 
     /// Waits for the end: when, the body, and curl's `HTTP-version exit-code` line.
@@ -585,7 +590,7 @@ impl H2Stream {
     }
 }
 
-impl Drop for H2Stream {
+impl Drop for TlsStream {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
@@ -597,8 +602,8 @@ fn an_http2_event_stream_ends_with_end_stream_when_its_token_expires() {
     let gw = h2_gateway(&cert);
     let (token, exp) = expiring_in(2);
     let (forever, _) = expiring_in(3600);
-    let stream = H2Stream::open(&gw, &cert, "/events", &token);
-    let mut other = H2Stream::open(&gw, &cert, "/events", &forever);
+    let stream = TlsStream::open(&gw, &cert, "/events", &token);
+    let mut other = TlsStream::open(&gw, &cert, "/events", &forever);
     let expires = instant_of(exp);
     let (at, body, curl) = stream.ended(Duration::from_secs(10));
     let late = at.saturating_duration_since(expires);
@@ -616,6 +621,27 @@ fn an_http2_event_stream_ends_with_end_stream_when_its_token_expires() {
     assert_not_logged_as_a_failure(&gw);
 }
 
+/// Over TLS, HTTP/1.1 is wrapped like plain HTTP/1.1: its event stream ends with its last
+/// chunk at the token's expiry.
+#[test]
+fn an_event_stream_over_tls_http1_1_ends_with_its_last_chunk_when_its_token_expires() {
+    let cert = Cert::generate();
+    let gw = h2_gateway(&cert);
+    let (token, exp) = expiring_in(2);
+    let stream = TlsStream::open_with(&gw, &cert, "--http1.1", "/events", &token);
+    let expires = instant_of(exp);
+    let (at, body, curl) = stream.ended(Duration::from_secs(10));
+    let late = at.saturating_duration_since(expires);
+    eprintln!("HTTP/1.1-over-TLS event stream ended {late:?} after exp");
+    assert!(at + Duration::from_millis(50) >= expires, "not before exp");
+    assert!(late < Duration::from_secs(1), "{late:?}");
+    // HTTP/1.1, exit code 0: the chunked body ended with its last chunk (a cut is curl's 18).
+    assert_eq!(curl, "1.1 0", "{body}");
+    assert!(body.contains("data: 5"), "events flowed: {body}");
+    assert_eq!(closed(&gw, "expired"), 1);
+    assert_not_logged_as_a_failure(&gw);
+}
+
 #[test]
 fn an_http2_event_stream_ends_when_its_user_signs_out() {
     let cert = Cert::generate();
@@ -625,7 +651,7 @@ fn an_http2_event_stream_ends_when_its_user_signs_out() {
     let registered: serde_json::Value =
         serde_json::from_str(&h2_post(&gw, &cert, "/api/v1/auth/register", &[], &creds)).unwrap();
     let token = registered["token"].as_str().unwrap().to_owned();
-    let stream = H2Stream::open(&gw, &cert, "/events", &token);
+    let stream = TlsStream::open(&gw, &cert, "/events", &token);
     thread::sleep(Duration::from_millis(500));
     // From before the sign-out request (curl's start and TLS handshake included): an upper bound.
     let signed_out = Instant::now();
@@ -649,7 +675,7 @@ fn an_http2_event_stream_ends_when_its_user_signs_out() {
 fn a_public_http2_event_stream_is_not_ended() {
     let cert = Cert::generate();
     let gw = h2_gateway(&cert);
-    let mut stream = H2Stream::open(&gw, &cert, "/open/events", "none");
+    let mut stream = TlsStream::open(&gw, &cert, "/open/events", "none");
     thread::sleep(Duration::from_millis(1500));
     assert!(stream.still_flowing());
     assert_eq!(closed(&gw, "expired") + closed(&gw, "revoked"), 0);

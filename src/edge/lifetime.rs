@@ -10,7 +10,9 @@
 //! (at the expiry) and one wake-up per revocation anywhere (`Revocations::news`), after which
 //! the snapshot is read only if the revocation generation moved. Pingora keeps the downstream
 //! read polled all along (the WebSocket's client half, or the idle probe of a streamed
-//! response), so the timer is always heard.
+//! response), so the timer is always heard. An HTTP/2 stream has no connection of its own to
+//! wrap: there [`Lifetime::ended`] is armed on the h2 session (`end_response_when`, vendored
+//! Pingora patch 3), which ends the stream with END_STREAM and leaves the connection open.
 //!
 //! The end is clean where the framing allows: the bytes written are followed through their
 //! framing ([`Framing`], read off the response head as written), and at a frame boundary the gateway adds a WebSocket close frame

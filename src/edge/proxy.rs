@@ -234,9 +234,9 @@ impl ProxyHttp for Edge {
         let Exchange { gateway: gw, ctx } = x;
         gw.decorate(response, session.req_header(), ctx);
         // An upgraded connection or a streamed response of a verified identity ends with its
-        // token (`lifetime`); ordinary responses never arm anything.
-        // HTTP/1 follows the connection's bytes (its stream wrapper), an HTTP/2 stream is ended
-        // by its session.
+        // token (`lifetime`); ordinary responses never arm anything. HTTP/1 (plain or TLS)
+        // follows the connection's bytes in its stream wrapper; an HTTP/2 stream, which has
+        // none, is ended by its session (the only other kind of downstream here).
         if let Some(who) = &ctx.identity
             && crate::edge::lifetime::is_long_lived(response, &session.req_header().method)
         {
