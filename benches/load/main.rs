@@ -14,7 +14,8 @@
 //! Needs `nginx`, `haproxy` and `wrk` on PATH (Debian: nginx-light, haproxy, wrk); it says so
 //! and exits non-zero when one is missing. Knobs (environment): `LOAD_SECONDS` (5),
 //! `LOAD_ROUNDS` (3), `LOAD_CONNECTIONS` (64), `LOAD_THREADS` (2), `LOAD_SOAK_SECONDS` (60);
-//! `LOAD_ONLY=cpu` runs the CPU section alone and prints it without touching the document.
+//! `LOAD_ONLY=cpu` (or `flood`) runs that section alone and prints it without touching the
+//! document; `LOAD_BINARY=path` measures that build instead of building this checkout's.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -98,6 +99,15 @@ fn tokens(dir: &Path) -> (String, String) {
     let ed = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_pem(&pem).unwrap()).unwrap();
     let _ = dir;
     (hs, ed)
+}
+
+/// The gateway under test: `LOAD_BINARY` (a build kept aside, for an A/B of two builds) or
+/// the release build of this checkout.
+fn binary() -> PathBuf {
+    std::env::var_os("LOAD_BINARY").map_or_else(
+        || manifest().join("target/release/portcullis"),
+        PathBuf::from,
+    )
 }
 
 fn manifest() -> PathBuf {
@@ -220,7 +230,7 @@ auth = "public"
         ),
     )
     .unwrap();
-    let bin = manifest().join("target/release/portcullis");
+    let bin = binary();
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config", conf.to_str().unwrap()])
         .env("LOAD_SECRET", SECRET)
@@ -978,6 +988,25 @@ impl Matrix {
     }
 }
 
+/// `LOAD_ONLY=flood`: the sign-in flood section alone, printed.
+fn flood_only(matrix: &Matrix, api: &str, hs: &str, k: Knobs) {
+    let (_, p_hs) = matrix.gateway("hs", Run::DEFAULT);
+    let f = under_flood(p_hs, &format!("http://127.0.0.1:{p_hs}{api}"), hs, k);
+    println!(
+        "flood: {:.3} of calm throughput ({:.0} / {:.0} req/s), p99 x{:.2} ({:.3} / {:.3} ms); \
+         refusals p50 {:.2} ms p99 {:.2} ms; {:?}",
+        f.flooded.rps / f.calm.rps,
+        f.flooded.rps,
+        f.calm.rps,
+        f.flooded.p99_ms / f.calm.p99_ms,
+        f.flooded.p99_ms,
+        f.calm.p99_ms,
+        f.flood.refusal_p50_ms,
+        f.flood.refusal_p99_ms,
+        f.flood.statuses,
+    );
+}
+
 fn main() {
     // `cargo test --all-targets` runs bench targets with `--test`/`--bench` flags in test mode:
     // do nothing then, the harness is for `cargo bench --bench load` only.
@@ -994,12 +1023,14 @@ fn main() {
         threads: env_or("LOAD_THREADS", 2),
     };
     let soak_secs = env_or("LOAD_SOAK_SECONDS", 60);
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--quiet"])
-        .current_dir(manifest())
-        .status()
-        .expect("cargo");
-    assert!(status.success(), "release build failed");
+    if std::env::var_os("LOAD_BINARY").is_none() {
+        let status = Command::new("cargo")
+            .args(["build", "--release", "--quiet"])
+            .current_dir(manifest())
+            .status()
+            .expect("cargo");
+        assert!(status.success(), "release build failed");
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let (hs, ed) = tokens(dir.path());
@@ -1007,6 +1038,10 @@ fn main() {
     let _nginx = start_nginx(dir.path(), up);
     let api = format!("/api/{SUB}/tasks/1");
     let matrix = Matrix::start(dir.path(), up, &api, &hs, &ed);
+    if std::env::var("LOAD_ONLY").as_deref() == Ok("flood") {
+        flood_only(&matrix, &api, &hs, k);
+        return;
+    }
     let cpu_rows = cpu::measure(&matrix.targets, k.secs, k.rounds);
     if std::env::var("LOAD_ONLY").as_deref() == Ok("cpu") {
         let mut out = String::new();

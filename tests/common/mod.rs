@@ -586,6 +586,19 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if thread::panicking() {
+            // A failing test shows what its gateway said: the one clue a flaky failure leaves.
+            let log = self.stderr();
+            let mut from = log.len().saturating_sub(8192);
+            while !log.is_char_boundary(from) {
+                from += 1;
+            }
+            let tail = &log[from..];
+            eprintln!(
+                "--- the gateway on {} said (last 8 KiB of stderr) ---\n{tail}",
+                self.addr
+            );
+        }
         if self.child.is_some()
             && self.terminate(Duration::from_millis(500)).is_none()
             && let Some(mut c) = self.child.take()
