@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-/// The bcrypt workers' nice value. At 10 the scheduler weighs a worker at about a tenth of a
-/// proxy thread when both want a core; an idle machine still gives bcrypt all it asks for.
-pub const WORKER_NICE: i32 = 10;
+/// The bcrypt workers' nice value. At 15 the scheduler weighs a worker at about a thirtieth of
+/// a proxy thread when both want a core (10 was a tenth: docs/PERFORMANCE.md, 6 and 20); an
+/// idle machine still gives bcrypt all it asks for.
+pub const WORKER_NICE: i32 = 15;
 
 /// How long a caller waits for a job a worker has already started. `max_wait` bounds the wait
 /// for a worker; a started bcrypt run is let finish (at a low priority on a busy machine it can

@@ -228,7 +228,7 @@ impl Gateway {
             headers::inject_identity(req, who);
         }
         if let Some(id) = &ctx.request_id {
-            let _ = req.insert_header(X_REQUEST_ID.clone(), id.clone());
+            let _ = req.insert_header(X_REQUEST_ID.as_str(), id.clone());
         }
     }
 

@@ -204,9 +204,9 @@ fn without_cookie(header: &[u8], name: &str) -> Vec<u8> {
 
 /// Sets `X-User-Id` / `X-User-Email` from a verified token (after the namespace was stripped).
 pub fn inject_identity(req: &mut RequestHeader, who: &Verified) {
-    let _ = req.insert_header(X_USER_ID.clone(), who.user_id.clone());
+    let _ = req.insert_header(X_USER_ID.as_str(), who.user_id.clone());
     if let Some(email) = &who.email {
-        let _ = req.insert_header(X_USER_EMAIL.clone(), email.clone());
+        let _ = req.insert_header(X_USER_EMAIL.as_str(), email.clone());
     }
 }
 

@@ -57,7 +57,7 @@ impl Gateway {
         let id = ctx
             .request_id
             .get_or_insert_with(|| headers::request_id(req));
-        let _ = resp.insert_header(X_REQUEST_ID.clone(), id.clone());
+        let _ = resp.insert_header(X_REQUEST_ID.as_str(), id.clone());
         if let Some(origin) = &ctx.cors_origin {
             crate::edge::cors::decorate(resp, origin.clone());
         }
