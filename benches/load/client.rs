@@ -96,6 +96,9 @@ pub struct RateSample {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// The proxy's threads' run-queue wait per request (µs), and per time slice it ran.
+    pub wait_us: f64,
+    pub wait_per_slice_us: f64,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -161,6 +164,8 @@ pub fn fixed_rate(port: u16, request: &[u8], rate: f64, secs: u64, conns: usize)
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         errors,
+        wait_us: 0.0,
+        wait_per_slice_us: 0.0,
     }
 }
 

@@ -54,6 +54,26 @@ fn cpu_ticks(pid: u32) -> (u64, u64) {
     (next(), next())
 }
 
+/// Off-CPU time of a process so far, from `/proc/PID/task/*/schedstat`, summed over its
+/// threads: (nanoseconds spent runnable but waiting for a core, time slices run). The wait is
+/// the scheduler's share of a request's latency: a thread woken by its socket that finds both
+/// cores taken waits here, whatever it would then do.
+pub fn run_queue_wait(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .fold((0, 0), |(wait, slices), line| {
+            let mut f = line
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            (wait + f.next().unwrap_or(0), slices + f.next().unwrap_or(0))
+        })
+}
+
 /// One run of wrk against `t`, with the process's CPU time around it.
 fn sample(t: &Target, secs: u64, tick: f64) -> (Sample, Row) {
     let (u0, k0) = cpu_ticks(t.pid);

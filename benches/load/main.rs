@@ -14,7 +14,7 @@
 //! Needs `nginx`, `haproxy` and `wrk` on PATH (Debian: nginx-light, haproxy, wrk); it says so
 //! and exits non-zero when one is missing. Knobs (environment): `LOAD_SECONDS` (5),
 //! `LOAD_ROUNDS` (3), `LOAD_CONNECTIONS` (64), `LOAD_THREADS` (2), `LOAD_SOAK_SECONDS` (60);
-//! `LOAD_ONLY=cpu` (or `flood`) runs that section alone and prints it without touching the
+//! `LOAD_ONLY=cpu` (or `flood`, or `rate` at `LOAD_RATE`/s) runs that section alone and prints it without touching the
 //! document; `LOAD_BINARY=path` measures that build instead of building this checkout's.
 
 use std::fmt::Write as _;
@@ -470,15 +470,27 @@ struct AtRate {
     rows: Vec<(String, client::RateSample)>,
 }
 
-fn at_fixed_rate(targets: &[(&str, u16, Vec<u8>)], rate: f64, k: Knobs) -> AtRate {
+/// (name, port, request, pid of the process that answers) of one fixed-rate target.
+type RateTarget<'a> = (&'a str, u16, Vec<u8>, u32);
+
+fn at_fixed_rate(targets: &[RateTarget<'_>], rate: f64, k: Knobs) -> AtRate {
     let conns = 16;
     let mut samples: Vec<Vec<client::RateSample>> = vec![Vec::new(); targets.len()];
     for round in 0..k.rounds {
-        for (i, (name, port, req)) in targets.iter().enumerate() {
-            let s = client::fixed_rate(*port, req, rate, k.secs, conns);
+        for (i, (name, port, req, pid)) in targets.iter().enumerate() {
+            let (w0, n0) = cpu::run_queue_wait(*pid);
+            let mut s = client::fixed_rate(*port, req, rate, k.secs, conns);
+            let (w1, n1) = cpu::run_queue_wait(*pid);
+            #[allow(clippy::cast_precision_loss)]
+            {
+                let answered = s.sent_per_sec * k.secs as f64;
+                s.wait_us = (w1 - w0) as f64 / 1000.0 / answered.max(1.0);
+                s.wait_per_slice_us = (w1 - w0) as f64 / 1000.0 / ((n1 - n0) as f64).max(1.0);
+            }
             eprintln!(
-                "fixed rate {rate:.0}/s round {round} {name}: sent {:.0}/s p50 {:.3} ms p99 {:.3} ms errors {}",
-                s.sent_per_sec, s.p50_ms, s.p99_ms, s.errors
+                "fixed rate {rate:.0}/s round {round} {name}: sent {:.0}/s p50 {:.3} ms p99 {:.3} ms errors {} \
+                 run-queue wait {:.1} us/request {:.1} us/slice",
+                s.sent_per_sec, s.p50_ms, s.p99_ms, s.errors, s.wait_us, s.wait_per_slice_us
             );
             assert_eq!(s.errors, 0, "{name} failed requests at a fixed rate");
             samples[i].push(s);
@@ -487,12 +499,14 @@ fn at_fixed_rate(targets: &[(&str, u16, Vec<u8>)], rate: f64, k: Knobs) -> AtRat
     let rows = targets
         .iter()
         .zip(samples)
-        .map(|((name, _, _), v)| {
+        .map(|((name, _, _, _), v)| {
             let m = client::RateSample {
                 sent_per_sec: median(v.iter().map(|s| s.sent_per_sec).collect()),
                 p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
                 p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
                 errors: 0,
+                wait_us: median(v.iter().map(|s| s.wait_us).collect()),
+                wait_per_slice_us: median(v.iter().map(|s| s.wait_per_slice_us).collect()),
             };
             ((*name).to_owned(), m)
         })
@@ -650,7 +664,8 @@ fn throughput_section(res: &Results, out: &mut String) {
     let _ = writeln!(
         out,
         "\nAt a fixed rate of {:.0} requests/s (half the required route's maximum above), 16 connections, \
-         latency counted from when each request was due:\n",
+         latency counted from when each request was due; run-queue wait is the time the \
+         answering process's threads were runnable but had no core (`/proc/PID/task/*/schedstat`):\n",
         res.at_rate.rate
     );
     let rows: Vec<Vec<String>> = res
@@ -663,10 +678,23 @@ fn throughput_section(res: &Results, out: &mut String) {
                 format!("{:.0}", s.sent_per_sec),
                 ms(s.p50_ms),
                 ms(s.p99_ms),
+                format!("{:.1}", s.wait_us),
+                format!("{:.1}", s.wait_per_slice_us),
             ]
         })
         .collect();
-    table(out, &["target", "sent/s", "p50 ms", "p99 ms"], &rows);
+    table(
+        out,
+        &[
+            "target",
+            "sent/s",
+            "p50 ms",
+            "p99 ms",
+            "run-queue wait µs / request",
+            "µs / time slice",
+        ],
+        &rows,
+    );
 }
 
 fn flood_and_soak_section(res: &Results, out: &mut String) {
@@ -978,6 +1006,15 @@ impl Matrix {
             .expect("the matrix runs every gateway")
     }
 
+    /// The process id of HAProxy at `threads`.
+    fn haproxy_pid(&self, threads: u64) -> u32 {
+        self.haproxies
+            .iter()
+            .find(|(t, _, _)| *t == threads)
+            .map(|(_, p, _)| p.0.id())
+            .expect("the matrix runs HAProxy at one and two threads")
+    }
+
     /// The port of HAProxy at `threads`.
     fn haproxy(&self, threads: u64) -> u16 {
         self.haproxies
@@ -985,6 +1022,40 @@ impl Matrix {
             .find(|(t, _, _)| *t == threads)
             .map(|(_, _, port)| *port)
             .expect("the matrix runs HAProxy at one and two threads")
+    }
+}
+
+/// The required route at two threads and the default log level, and HAProxy at two threads,
+/// as fixed-rate targets.
+fn proxy_rate_targets<'m>(matrix: &'m Matrix, api: &str, hs: &str) -> [RateTarget<'m>; 2] {
+    let (gw, p_hs) = matrix.gateway("hs", Run::DEFAULT);
+    [
+        (
+            "portcullis required, HS256",
+            p_hs,
+            client::get(api, Some(hs)),
+            gw.proc.0.id(),
+        ),
+        (
+            "haproxy jwt_verify HS256",
+            matrix.haproxy(2),
+            client::get(api, Some(hs)),
+            matrix.haproxy_pid(2),
+        ),
+    ]
+}
+
+/// `LOAD_ONLY=rate`: the fixed-rate section alone at `LOAD_RATE` requests/s, printed with the
+/// run-queue wait of each answering process.
+fn rate_only(matrix: &Matrix, api: &str, hs: &str, k: Knobs) {
+    let targets = proxy_rate_targets(matrix, api, hs);
+    #[allow(clippy::cast_precision_loss)]
+    let rate = env_or("LOAD_RATE", 13000) as f64;
+    for (name, s) in at_fixed_rate(&targets, rate, k).rows {
+        println!(
+            "{name}: p50 {:.3} ms p99 {:.3} ms run-queue wait {:.1} us/request {:.1} us/slice",
+            s.p50_ms, s.p99_ms, s.wait_us, s.wait_per_slice_us
+        );
     }
 }
 
@@ -1035,11 +1106,15 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (hs, ed) = tokens(dir.path());
     let up = free_port();
-    let _nginx = start_nginx(dir.path(), up);
+    let nginx = start_nginx(dir.path(), up);
     let api = format!("/api/{SUB}/tasks/1");
     let matrix = Matrix::start(dir.path(), up, &api, &hs, &ed);
     if std::env::var("LOAD_ONLY").as_deref() == Ok("flood") {
         flood_only(&matrix, &api, &hs, k);
+        return;
+    }
+    if std::env::var("LOAD_ONLY").as_deref() == Ok("rate") {
+        rate_only(&matrix, &api, &hs, k);
         return;
     }
     let cpu_rows = cpu::measure(&matrix.targets, k.secs, k.rounds);
@@ -1083,19 +1158,13 @@ fn main() {
     let new_upstream_per_1000 = new_upstream_per_1000(gw_hs.admin);
     let gw_pid = gw_hs.proc.0.id();
 
-    let rate_targets = [
-        ("upstream direct (nginx)", up, client::get(&api, None)),
-        (
-            "portcullis required, HS256",
-            p_hs,
-            client::get(&api, Some(&hs)),
-        ),
-        (
-            "haproxy jwt_verify HS256",
-            p_hap,
-            client::get(&api, Some(&hs)),
-        ),
-    ];
+    let mut rate_targets = vec![(
+        "upstream direct (nginx)",
+        up,
+        client::get(&api, None),
+        nginx.0.id(),
+    )];
+    rate_targets.extend(proxy_rate_targets(&matrix, &api, &hs));
     let at_rate = at_fixed_rate(&rate_targets, med[2].rps / 2.0, k);
     let flood = under_flood(p_hs, &required, &hs, k);
     let rss = rss_with_idle_connections(gw_pid, p_hs, 1000);
