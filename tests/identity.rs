@@ -639,7 +639,7 @@ fn failed_signins_spread_over_two_replicas_exhaust_one_cluster_wide_per_email_li
 }
 
 /// The shared count costs one statement per check and one per failure: small next to bcrypt.
-/// Printed: the median sign-in with each scope, side by side (cost 10; the default 12 takes
+/// Printed: the lower-quartile sign-in with each scope, side by side (cost 10; the default 12 takes
 /// four times as long).
 #[test]
 fn a_cluster_wide_limit_adds_little_to_a_signin() {
@@ -668,9 +668,11 @@ fn a_cluster_wide_limit_adds_little_to_a_signin() {
     for t in &mut took {
         t.sort();
     }
-    let (c, r) = (took[0][20], took[1][20]);
+    // The lower quartile, not the median: the suite's other tests share the cores with the
+    // bcrypt workers (nice 15), and what they add to a sign-in is noise in one direction only.
+    let (c, r) = (took[0][10], took[1][10]);
     eprintln!(
-        "sign-in median: cluster-wide limit {c:?}, per replica {r:?} (added {:?})",
+        "sign-in lower quartile: cluster-wide limit {c:?}, per replica {r:?} (added {:?})",
         c.saturating_sub(r)
     );
     assert!(
