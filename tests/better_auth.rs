@@ -180,8 +180,14 @@ fn better_auth_tokens_of_every_algorithm_it_offers_pass_with_their_identity() {
 
 #[test]
 fn a_key_better_auth_rotates_in_is_trusted_on_its_first_request_and_the_old_one_while_published() {
-    // rotationInterval 2 s: the first token signed after it makes a new key.
-    let ba = BetterAuth::start(&[("BA_ALG", "EdDSA"), ("BA_ROTATION_SECS", "2")]);
+    // rotationInterval 2 s: the first token signed after it makes a new key. Better Auth
+    // unpublishes a key gracePeriod after it expires; 60 s keeps the old one published for the
+    // whole test (a 2 s grace made this test race the gateway's start on a loaded machine).
+    let ba = BetterAuth::start(&[
+        ("BA_ALG", "EdDSA"),
+        ("BA_ROTATION_SECS", "2"),
+        ("BA_GRACE_SECS", "60"),
+    ]);
     let (id, email, session) = ba.sign_up();
     let old = ba.jwt(&session);
     let gw = gateway(&ba, 30);
