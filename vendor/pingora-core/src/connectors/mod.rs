@@ -244,7 +244,17 @@ impl TransportConnector {
             .await
             .or_err(InternalError, "offload runtime failure")??
         } else {
-            do_connect(peer, bind_to, alpn_override, &self.tls_ctx.ctx, None).await?
+            // Boxed: a connect with its TLS handshake is an ~8 KB future. Inline, it sized
+            // every caller's future for it, and so every proxied request's, though a pooled
+            // connection is reused far more often than a new one is made.
+            Box::pin(do_connect(
+                peer,
+                bind_to,
+                alpn_override,
+                &self.tls_ctx.ctx,
+                None,
+            ))
+            .await?
         };
 
         Ok(stream)
