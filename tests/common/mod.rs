@@ -79,6 +79,37 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether process `pid` holds every socket listening on 127.0.0.1:`port` (`/proc/net/tcp`
+/// against the socket inodes in `/proc/PID/fd`): false when another process listens there too
+/// (Pingora binds with `SO_REUSEPORT`) or instead. Without `/proc`, no verdict: true.
+fn listens_alone(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let listening: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, st (0A: LISTEN), inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9])
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let own: HashSet<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    !listening.is_empty() && listening.iter().all(|inode| own.contains(*inode))
+}
+
 /// An address where nothing listens.
 pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
@@ -501,6 +532,17 @@ impl Gateway {
             }
             let healthy = try_get(admin, "/healthz").is_ok_and(|r| r.status == 200);
             if healthy && TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+                // The listen port was free when `free_port` dropped it, but another test's
+                // listener (an upstream bound to port 0) can take it before the gateway binds
+                // it; the gateway then fails to bind and may still be alive a beat later while
+                // the test talks to that listener (seen in CI: one test's request reached
+                // another test's upstream).
+                let pid = gw.child.as_ref().unwrap().id();
+                if !listens_alone(pid, listen.port()) {
+                    return Err(format!(
+                        "{listen} is held by another listener (port collision)\nconfig:\n{config}"
+                    ));
+                }
                 // a port collision could make us talk to someone else's gateway: make sure
                 // ours is still alive after a beat
                 thread::sleep(Duration::from_millis(50));

@@ -293,20 +293,27 @@ fn serve_keep_alive(mut s: std::net::TcpStream, n: usize, log: &Mutex<Vec<Durati
 fn idle_upstream_connections_are_reused_and_one_the_upstream_closed_is_not() {
     let up = spawn_keep_alive_upstream();
     let gw = Gateway::start(&upstream_config(&format!("\"{}\"", up.addr), ""), &[]);
+    // The gateway pools an upstream connection once it has written the response, so a request
+    // sent the instant the last one is answered can find the pool empty and open a new
+    // connection (the suite met that race once): each request here waits out the release.
+    let settle = || std::thread::sleep(Duration::from_millis(50));
     let first = gw.get("/p/1", &[]);
     assert_eq!(first.status, 200, "{}", first.text());
+    settle();
     let again = gw.get("/p/2", &[]);
     assert_eq!(
         again.text(),
         first.text(),
         "the second request must reuse the idle connection"
     );
+    settle();
     let closing = gw.get("/p/3", &[("x-test-close", "1")]);
     assert_eq!(closing.text(), first.text());
     // whether or not the gateway has noticed the close yet, the next request must not fail
     let after = gw.get("/p/4", &[]);
     assert_eq!(after.status, 200, "{}", after.text());
     assert_ne!(after.text(), first.text(), "a closed connection was reused");
+    settle();
     let reused = gw.get("/p/5", &[]);
     assert_eq!(reused.text(), after.text());
 }
