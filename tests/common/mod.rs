@@ -543,8 +543,8 @@ impl Gateway {
                         "{listen} is held by another listener (port collision)\nconfig:\n{config}"
                     ));
                 }
-                // a port collision could make us talk to someone else's gateway: make sure
-                // ours is still alive after a beat
+                // Ours holds the port; make sure it is still alive after a beat (a gateway that
+                // exits right after binding, for any reason, is a failed start too).
                 thread::sleep(Duration::from_millis(50));
                 if gw.child.as_mut().unwrap().try_wait().unwrap().is_none() {
                     return Ok(gw);
