@@ -132,11 +132,11 @@ auth = "public"
         metrics: portcullis::edge::route_metrics::TableMetrics::new(&parts.routes),
         routes: parts.routes,
         upstreams,
-        auth: std::sync::Arc::new(portcullis::authn::Authenticator {
-            keys: parts.keys,
-            revocations: std::sync::Arc::default(),
-            issuers: std::sync::Arc::default(),
-        }),
+        auth: std::sync::Arc::new(portcullis::authn::Authenticator::new(
+            parts.keys,
+            std::sync::Arc::default(),
+            std::sync::Arc::default(),
+        )),
         cookie_name: conf.cookie.name,
         cors: parts.cors,
         identity: None,

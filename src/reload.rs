@@ -61,11 +61,11 @@ pub fn gateway(
         keys.leeway_secs,
         previous.map_or(&no_issuers, |p| &p.auth.issuers),
     ));
-    let auth = Arc::new(authn::Authenticator {
+    let auth = Arc::new(authn::Authenticator::new(
         keys,
-        revocations: Arc::clone(&lasting.revocations),
+        Arc::clone(&lasting.revocations),
         issuers,
-    });
+    ));
     let upstreams = upstream::build(&config.upstreams, previous.map_or(&[], |p| &p.upstreams))?;
     let identity = identity(
         config,

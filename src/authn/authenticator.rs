@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::KeySet;
 use super::issuers::{Checked, Issuers};
+use super::recent::{Entry, Recent};
 use super::revocation::Revocations;
 use super::rules::{self, ClaimRules};
 use super::verify::{self, TokenError, Verified};
@@ -17,9 +18,21 @@ pub struct Authenticator {
     /// `[[issuer]]`s: a token whose `iss` names one is checked with that issuer's JWKS
     /// snapshot, never with ours (and ours never with theirs).
     pub issuers: Arc<Issuers>,
+    /// Our tokens verified with `keys`, and only with them: this table lives and dies with
+    /// this key set.
+    recent: Recent,
 }
 
 impl Authenticator {
+    pub fn new(keys: Arc<KeySet>, revocations: Arc<Revocations>, issuers: Arc<Issuers>) -> Self {
+        Self {
+            keys,
+            revocations,
+            issuers,
+            recent: Recent::default(),
+        }
+    }
+
     /// The verified identity, or why the token is refused; a valid token that fails `rules`
     /// (a route's claim rules, [`ClaimRules::NONE`] for none) is [`Refusal::InsufficientScope`].
     pub fn authenticate(
@@ -41,13 +54,10 @@ impl Authenticator {
     }
 
     fn check(&self, token: &[u8], now: u64, rules: &ClaimRules) -> Result<Verified, Refusal> {
-        let refused = |e| match e {
-            TokenError::Expired => Refusal::Expired,
-            TokenError::Invalid(reason) => {
-                tracing::debug!(reason, "token refused");
-                Refusal::Invalid
-            }
-        };
+        if let Some(decided) = self.recent.with(token, |e| self.recheck(e, now, rules)) {
+            return decided;
+        }
+        let raw = token;
         let mut scratch = verify::Scratch::new();
         let token = verify::parse(token, &mut scratch).map_err(refused)?;
         let iss = token.iss();
@@ -60,9 +70,23 @@ impl Authenticator {
                 Checked::Done(result) => result.map_err(refused)?,
                 Checked::UnknownKid => return Err(Refusal::UnknownKid),
             };
-            return admit(who, &token, rules);
+            return admit(who, token.claims_json(), rules);
         }
         let who = token.check(&self.keys, None, now).map_err(refused)?;
+        self.unrevoked(&who)?;
+        self.recent.put(raw, &who, token.nbf(), token.claims_json());
+        admit(who, token.claims_json(), rules)
+    }
+
+    /// A token verified before: what may have changed since (the clock, the revocations)
+    /// and the route's rules, the same checks in the same order as a first verification.
+    fn recheck(&self, seen: &Entry, now: u64, rules: &ClaimRules) -> Result<Verified, Refusal> {
+        verify::in_time(seen.who.exp, seen.nbf, now, self.keys.leeway_secs).map_err(refused)?;
+        self.unrevoked(&seen.who)?;
+        admit(seen.who.clone(), &seen.claims, rules)
+    }
+
+    fn unrevoked(&self, who: &Verified) -> Result<(), Refusal> {
         if self
             .revocations
             .snapshot()
@@ -70,7 +94,7 @@ impl Authenticator {
         {
             return Err(Refusal::Revoked);
         }
-        admit(who, &token, rules)
+        Ok(())
     }
 }
 
@@ -93,13 +117,20 @@ impl Authenticator {
     }
 }
 
-/// The verified identity, once the token's claims meet the route's rules.
-fn admit(
-    who: Verified,
-    token: &verify::Unverified<'_, '_>,
-    rules: &ClaimRules,
-) -> Result<Verified, Refusal> {
-    if rules.is_empty() || rules::admits(rules, token.claims_json()) {
+fn refused(e: TokenError) -> Refusal {
+    match e {
+        TokenError::Expired => Refusal::Expired,
+        TokenError::Invalid(reason) => {
+            tracing::debug!(reason, "token refused");
+            Refusal::Invalid
+        }
+    }
+}
+
+/// The verified identity, once the token's claims (`claims`, verified JSON) meet the route's
+/// rules.
+fn admit(who: Verified, claims: &[u8], rules: &ClaimRules) -> Result<Verified, Refusal> {
+    if rules.is_empty() || rules::admits(rules, claims) {
         Ok(who)
     } else {
         Err(Refusal::InsufficientScope)
@@ -131,5 +162,105 @@ impl Refusal {
             Self::Revoked => "token_revoked",
             Self::InsufficientScope => "insufficient_scope",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::VerifyKey;
+    use crate::authn::revocation::Revocation;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const JTI: &str = "6b1d1a44-3e4b-4d3f-8a2b-1c2d3e4f5a6b";
+
+    fn now() -> u64 {
+        crate::clock::unix_secs()
+    }
+
+    fn auth() -> Authenticator {
+        let keys = KeySet::new(
+            vec![VerifyKey::hmac(None, SECRET)],
+            "portcullis".into(),
+            "portcullis".into(),
+            30,
+        );
+        Authenticator::new(Arc::new(keys), Arc::default(), Arc::default())
+    }
+
+    fn token(exp: u64) -> Vec<u8> {
+        let claims = serde_json::json!({"sub": "5f0c3c9e-4d7a-4a43-9c1e-0b8f1f2d3e4a",
+            "iat": now() - 10, "exp": exp, "iss": "portcullis", "aud": "portcullis", "jti": JTI});
+        let signed = format!(
+            "{}.{}",
+            B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            B64.encode(claims.to_string())
+        );
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET);
+        let tag = aws_lc_rs::hmac::sign(&key, signed.as_bytes());
+        format!("{signed}.{}", B64.encode(tag.as_ref())).into_bytes()
+    }
+
+    #[test]
+    fn a_token_verified_before_is_revoked_the_moment_its_revocation_arrives() {
+        let a = auth();
+        let t = token(now() + 3600);
+        for _ in 0..2 {
+            assert!(a.authenticate(&t, now(), &ClaimRules::NONE).is_ok());
+        }
+        a.revocations.apply(&[Revocation::Token {
+            jti: JTI.into(),
+            expires_at: i64::try_from(now()).unwrap() + 3600,
+        }]);
+        assert_eq!(
+            a.authenticate(&t, now(), &ClaimRules::NONE).unwrap_err(),
+            Refusal::Revoked
+        );
+    }
+
+    #[test]
+    fn a_token_verified_before_still_expires_and_tampering_still_fails() {
+        let a = auth();
+        let exp = now() + 60;
+        let t = token(exp);
+        assert!(a.authenticate(&t, now(), &ClaimRules::NONE).is_ok());
+        assert!(a.authenticate(&t, exp + 30, &ClaimRules::NONE).is_ok());
+        assert_eq!(
+            a.authenticate(&t, exp + 31, &ClaimRules::NONE).unwrap_err(),
+            Refusal::Expired
+        );
+        let mut forged = t.clone();
+        let mid = forged.len() / 2;
+        forged[mid] ^= 1;
+        assert_eq!(
+            a.authenticate(&forged, now(), &ClaimRules::NONE)
+                .unwrap_err(),
+            Refusal::Invalid
+        );
+    }
+
+    #[test]
+    fn a_new_key_set_starts_without_the_tokens_the_old_one_verified() {
+        let a = auth();
+        let t = token(now() + 3600);
+        assert!(a.authenticate(&t, now(), &ClaimRules::NONE).is_ok());
+        let rotated = Authenticator::new(
+            Arc::new(KeySet::new(
+                vec![VerifyKey::hmac(None, b"another-secret-another-secret-00")],
+                "portcullis".into(),
+                "portcullis".into(),
+                30,
+            )),
+            Arc::clone(&a.revocations),
+            Arc::default(),
+        );
+        assert_eq!(
+            rotated
+                .authenticate(&t, now(), &ClaimRules::NONE)
+                .unwrap_err(),
+            Refusal::Invalid
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod issue;
 pub mod issuers;
 pub mod jwk;
 pub mod keys;
+mod recent;
 pub mod revocation;
 pub mod rules;
 pub mod verify;

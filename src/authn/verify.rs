@@ -214,6 +214,11 @@ impl Unverified<'_, '_> {
         self.payload
     }
 
+    /// The `nbf` claim, as the token states it (unverified).
+    pub fn nbf(&self) -> Option<u64> {
+        self.claims.nbf
+    }
+
     /// The `kid` header, as the token states it (unverified).
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
@@ -254,14 +259,7 @@ impl Unverified<'_, '_> {
         let _key: &VerifyKey = verified_with.ok_or(Invalid("signature does not verify"))?;
 
         let exp = claims.exp.ok_or(Invalid("missing exp"))?;
-        if now > exp.saturating_add(keys.leeway_secs) {
-            return Err(TokenError::Expired);
-        }
-        if let Some(nbf) = claims.nbf
-            && nbf > now.saturating_add(keys.leeway_secs)
-        {
-            return Err(Invalid("not yet valid"));
-        }
+        in_time(exp, claims.nbf, now, keys.leeway_secs)?;
         if !claims
             .aud
             .as_ref()
@@ -309,6 +307,20 @@ impl Unverified<'_, '_> {
             external: true,
         })
     }
+}
+
+/// A token's validity period at `now`: expired once `exp` is more than `leeway` behind, not
+/// yet valid while `nbf` is more than `leeway` ahead.
+pub fn in_time(exp: u64, nbf: Option<u64>, now: u64, leeway: u64) -> Result<(), TokenError> {
+    if now > exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = nbf
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(TokenError::Invalid("not yet valid"));
+    }
+    Ok(())
 }
 
 /// A mapped claim: absent, or a string; present with another type makes the token invalid.
