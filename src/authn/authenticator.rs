@@ -242,6 +242,26 @@ mod tests {
     }
 
     #[test]
+    fn a_token_verified_before_is_still_held_to_each_routes_claim_rules() {
+        let a = auth();
+        let t = token(now() + 3600);
+        assert!(a.authenticate(&t, now(), &ClaimRules::NONE).is_ok());
+        let admins_only = ClaimRules {
+            require: vec![("role".into(), "admin".into())],
+            scopes: Vec::new(),
+        };
+        assert_eq!(
+            a.authenticate(&t, now(), &admins_only).unwrap_err(),
+            Refusal::InsufficientScope
+        );
+        let its_own_audience = ClaimRules {
+            require: vec![("aud".into(), "portcullis".into())],
+            scopes: Vec::new(),
+        };
+        assert!(a.authenticate(&t, now(), &its_own_audience).is_ok());
+    }
+
+    #[test]
     fn a_new_key_set_starts_without_the_tokens_the_old_one_verified() {
         let a = auth();
         let t = token(now() + 3600);
